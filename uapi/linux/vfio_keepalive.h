@@ -18,7 +18,8 @@
  *    as long as userspace does not ask for anything new)
  *  - a flag bit the kernel does not know                -> EINVAL
  *  - a `__reserved` field that is not zero              -> EINVAL
- * Output fields are named out_*; they are written only on success. 64-bit
+ * Output fields are named out_*; they are written only on success (and on
+ * EOVERFLOW, which reports the count needed in the same struct). 64-bit
  * fields are __aligned_u64 so the layout is the same for 32- and 64-bit
  * userspace.
  *

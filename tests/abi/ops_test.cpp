@@ -1,0 +1,107 @@
+// The caller side: typed ops build well-formed requests and decode replies.
+// A fake kernel serves them through the same dispatch engine.
+#include <doctest/doctest.h>
+
+#include <array>
+#include <cstring>
+#include <vector>
+
+#include <keepalive/abi/dispatch.hpp>
+#include <keepalive/abi/ops.hpp>
+
+using namespace keepalive;
+using namespace keepalive::abi;
+
+namespace {
+struct fake_kernel {
+  token expected;
+  std::uint32_t state = VFIO_KEEPALIVE_STATE_RUNNING;
+  std::vector<vfio_keepalive_device_entry> devices;
+  int list_calls = 0;
+};
+errc do_enter(fake_kernel& k, vfio_keepalive_enter& r) {
+  if (k.state != VFIO_KEEPALIVE_STATE_RUNNING) return errc::busy;
+  token::bytes b{};
+  std::memcpy(b.data(), r.token, b.size());
+  k.expected = token{b};
+  k.state = VFIO_KEEPALIVE_STATE_KEPT_ALIVE;
+  r.out_irq_mode = VFIO_KEEPALIVE_IRQ_POSTED;
+  r.out_nr_vectors = 3;
+  return errc::ok;
+}
+errc do_leave(fake_kernel& k, vfio_keepalive_leave& r) {
+  if (std::memcmp(k.expected.raw().data(), r.token, 16) != 0) return errc::access_denied;
+  k.state = VFIO_KEEPALIVE_STATE_RUNNING;
+  return errc::ok;
+}
+errc do_list(fake_kernel& k, vfio_keepalive_list& r) {
+  ++k.list_calls;
+  if (r.nr_entries < k.devices.size()) {
+    r.nr_entries = static_cast<__u32>(k.devices.size());
+    return errc::overflow;
+  }
+  std::memcpy(reinterpret_cast<void*>(static_cast<std::uintptr_t>(r.entries_uptr)), k.devices.data(),
+              k.devices.size() * sizeof(vfio_keepalive_device_entry));
+  r.nr_entries = static_cast<__u32>(k.devices.size());
+  return errc::ok;
+}
+constexpr std::array<ioctl_op<fake_kernel>, 3> table{
+    make_op<fake_kernel, vfio_keepalive_enter, do_enter>(VFIO_DEVICE_KEEPALIVE_ENTER, "enter"),
+    make_op<fake_kernel, vfio_keepalive_leave, do_leave>(VFIO_DEVICE_KEEPALIVE_LEAVE, "leave"),
+    make_op<fake_kernel, vfio_keepalive_list, do_list>(VFIO_KEEPALIVE_LIST_DEVICES, "list"),
+};
+
+class fake_syscalls final : public syscalls {
+ public:
+  explicit fake_syscalls(fake_kernel& k) : k_{k} {}
+  errc ioctl(int, unsigned long cmd, void* arg) override {
+    std::uint32_t size = 0;
+    std::memcpy(&size, arg, 4);
+    std::span<std::byte> user{static_cast<std::byte*>(arg), size};
+    return dispatch(std::span<const ioctl_op<fake_kernel>>{table}, k_, cmd, user);
+  }
+  result<int> open(std::string_view, int) override { return 3; }
+  errc close(int) override { return errc::ok; }
+
+ private:
+  fake_kernel& k_;
+};
+}  // namespace
+
+TEST_CASE("enter/leave carry the token and decode the reply") {
+  fake_kernel k;
+  fake_syscalls sys{k};
+  const auto t = *token::parse("00112233-4455-6677-8899-aabbccddeeff");
+  auto r = keepalive_enter(sys, 3, t);
+  REQUIRE(r);
+  CHECK(r->mode == irq_mode::posted);
+  CHECK(r->nr_vectors == 3);
+  CHECK(k.expected == t);
+  auto again = keepalive_enter(sys, 3, t);
+  CHECK(again.code() == errc::busy);
+  CHECK(again.err().message() == "EBUSY (not a legal transition from the current state): VFIO_DEVICE_KEEPALIVE_ENTER");
+  CHECK(keepalive_leave(sys, 3, *token::parse("00112233-4455-6677-8899-aabbccddeef0")).code() ==
+        errc::access_denied);
+  CHECK(keepalive_leave(sys, 3, t));
+  CHECK(k.state == VFIO_KEEPALIVE_STATE_RUNNING);
+}
+
+TEST_CASE("list_devices grows its buffer on EOVERFLOW") {
+  fake_kernel k;
+  for (std::uint32_t i = 0; i < 20; ++i)
+    k.devices.push_back({bdf{0, 1, static_cast<std::uint8_t>(i), 0}.packed(), VFIO_KEEPALIVE_STATE_OWNERLESS,
+                         VFIO_KEEPALIVE_IRQ_POSTED, i, 0, 100 + i});
+  fake_syscalls sys{k};
+  auto r = list_devices(sys, 3);
+  REQUIRE(r);
+  REQUIRE(r->size() == 20);
+  CHECK(k.list_calls == 2);
+  CHECK((*r)[19].device == bdf{0, 1, 19, 0});
+  CHECK((*r)[19].state == device_state::ownerless);
+  CHECK((*r)[19].domain.value() == 119);
+}
+
+TEST_CASE("reclaim name follows VFIO's vf_token convention") {
+  const auto t = *token::parse("00112233-4455-6677-8899-aabbccddeeff");
+  CHECK(reclaim_name(bdf{0, 0, 4, 0}, t) == "0000:00:04.0 vf_token=00112233-4455-6677-8899-aabbccddeeff");
+}
