@@ -7,7 +7,8 @@ namespace keepalive::abi {
 namespace {
 template <typename T>
 errc issue(syscalls& sys, int fd, unsigned long cmd, T& req) {
-  return sys.ioctl(fd, cmd, &req);
+  const long r = sys.ioctl(fd, cmd, &req);
+  return r < 0 ? errc_from_errno(static_cast<int>(-r)) : errc::ok;
 }
 void put_token(__u8 (&dst)[VFIO_KEEPALIVE_TOKEN_SIZE], const token& t) {
   std::memcpy(dst, t.raw().data(), sizeof dst);

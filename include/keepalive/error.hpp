@@ -70,6 +70,7 @@ class [[nodiscard]] result {
   T&& value() && { return std::get<0>(std::move(v_)); }
   T& operator*() & { return value(); }
   const T& operator*() const& { return value(); }
+  T&& operator*() && { return std::move(*this).value(); }
   T* operator->() { return &value(); }
   const T* operator->() const { return &value(); }
   [[nodiscard]] const error& err() const& { return std::get<1>(v_); }
@@ -83,17 +84,16 @@ template <>
 class [[nodiscard]] result<void> {
  public:
   result() = default;
-  result(error e) : e_{std::move(e)}, ok_{false} {}  // NOLINT implicit
-  result(errc c, std::string ctx) : e_{c, std::move(ctx)}, ok_{false} {}
+  result(error e) : v_{std::in_place_index<1>, std::move(e)} {}  // NOLINT implicit
+  result(errc c, std::string ctx) : v_{std::in_place_index<1>, error{c, std::move(ctx)}} {}
 
-  [[nodiscard]] bool has_value() const noexcept { return ok_; }
-  explicit operator bool() const noexcept { return ok_; }
-  [[nodiscard]] const error& err() const& { return e_; }
-  [[nodiscard]] errc code() const noexcept { return ok_ ? errc::ok : e_.code(); }
+  [[nodiscard]] bool has_value() const noexcept { return v_.index() == 0; }
+  explicit operator bool() const noexcept { return has_value(); }
+  [[nodiscard]] const error& err() const& { return std::get<1>(v_); }
+  [[nodiscard]] errc code() const noexcept { return has_value() ? errc::ok : std::get<1>(v_).code(); }
 
  private:
-  error e_{errc::ok};
-  bool ok_{true};
+  std::variant<std::monostate, error> v_;
 };
 
 using status = result<void>;

@@ -54,14 +54,16 @@ constexpr std::array<ioctl_op<fake_kernel>, 3> table{
 class fake_syscalls final : public syscalls {
  public:
   explicit fake_syscalls(fake_kernel& k) : k_{k} {}
-  errc ioctl(int, unsigned long cmd, void* arg) override {
+  long ioctl(int, unsigned long cmd, void* arg) override {
     std::uint32_t size = 0;
     std::memcpy(&size, arg, 4);
     std::span<std::byte> user{static_cast<std::byte*>(arg), size};
-    return dispatch(std::span<const ioctl_op<fake_kernel>>{table}, k_, cmd, user);
+    return -static_cast<long>(dispatch(std::span<const ioctl_op<fake_kernel>>{table}, k_, cmd, user));
   }
   result<int> open(std::string_view, int) override { return 3; }
   errc close(int) override { return errc::ok; }
+  result<std::size_t> pread(int, std::span<std::byte>, std::uint64_t) override { return {errc::io, "unused"}; }
+  result<std::size_t> pwrite(int, std::span<const std::byte>, std::uint64_t) override { return {errc::io, "unused"}; }
 
  private:
   fake_kernel& k_;

@@ -4,6 +4,9 @@
 // simulated host. Tests swap implementations.
 #pragma once
 
+#include <cstddef>
+#include <cstdint>
+#include <span>
 #include <string_view>
 
 #include "keepalive/error.hpp"
@@ -13,10 +16,15 @@ namespace keepalive::abi {
 class syscalls {
  public:
   virtual ~syscalls() = default;
-  // Returns errc::ok or the errno the kernel reported (arg holds the struct).
-  virtual errc ioctl(int fd, unsigned long cmd, void* arg) = 0;
+  // As ioctl(2) in kernel style: a non-negative result (0, or a value such as
+  // the fd of VFIO_GROUP_GET_DEVICE_FD), or -errno. `arg` is the struct, a
+  // string, or an integer cast to a pointer, as the command defines.
+  virtual long ioctl(int fd, unsigned long cmd, void* arg) = 0;
   virtual result<int> open(std::string_view path, int flags) = 0;
   virtual errc close(int fd) = 0;
+  // VFIO region access (pread/pwrite on a device fd at a region offset).
+  virtual result<std::size_t> pread(int fd, std::span<std::byte> out, std::uint64_t offset) = 0;
+  virtual result<std::size_t> pwrite(int fd, std::span<const std::byte> in, std::uint64_t offset) = 0;
 };
 
 // The real kernel (process-wide singleton).

@@ -65,7 +65,8 @@ KEEPALIVE_IOCTL_TRAITS(vfio_keepalive_event, VFIO_KEEPALIVE_READ_EVENT,
                        KEEPALIVE_OFFSETOFEND(vfio_keepalive_event, out_data), 0u, v.__reserved == 0)
 KEEPALIVE_IOCTL_TRAITS(vfio_keepalive_reset, VFIO_KEEPALIVE_RESET_DEVICE,
                        KEEPALIVE_OFFSETOFEND(vfio_keepalive_reset, __reserved), 0u, v.__reserved == 0)
-#undef KEEPALIVE_IOCTL_TRAITS
+// KEEPALIVE_IOCTL_TRAITS stays defined: other ABIs served by the same engine (the
+// sim host's sim_uapi.h) declare their structs with it.
 
 // Every struct starts with size then flags (the house style).
 template <typename T>

@@ -1,0 +1,212 @@
+#include "sim_host.hpp"
+
+#include <linux/vfio.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <string>
+
+#include "keepalive/abi/ops.hpp"
+#include "sim_uapi.h"
+
+namespace keepalive::sim::testing {
+namespace {
+constexpr std::uint64_t bar0_region = std::uint64_t{VFIO_PCI_BAR0_REGION_INDEX} << 40;
+constexpr std::uint64_t config_region = std::uint64_t{VFIO_PCI_CONFIG_REGION_INDEX} << 40;
+status from_rc(long rc, const char* what) {
+  if (rc < 0) return {errc_from_errno(static_cast<int>(-rc)), what};
+  return {};
+}
+}  // namespace
+
+// ------------------------------------------------------------------ guest
+
+guest::guest(platform& plat, hpa ram, const guest_layout& layout, bdf nic)
+    : plat_{plat}, ram_{ram}, layout_{layout}, nic_{plat.find(nic)}, irq_fd_{::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)} {}
+
+guest::~guest() {
+  stop();
+  ::close(irq_fd_);
+}
+
+void guest::init_ring() {
+  auto* base = plat_.memory().base() + ram_.value();
+  auto* ring = reinterpret_cast<ka_nic_rx_desc*>(base + layout_.ring_gpa);
+  for (std::uint32_t i = 0; i < layout_.ring_entries; ++i) {
+    ring[i] = {};
+    ring[i].buffer = layout_.buffers_gpa + std::uint64_t{i} * layout_.buffer_bytes;
+  }
+  next_ = 0;
+  // A re-initialising driver still knows the last sequence number it saw:
+  // whatever the device dropped while it was reset shows up as a gap.
+  if (!initialised_) expected_seq = nic_->mmio_read(0, KA_NIC_NEXT_SEQ, 8);
+  initialised_ = true;
+  nic_->mmio_write(0, KA_NIC_RX_RING_BASE, 8, layout_.ring_gpa);
+  nic_->mmio_write(0, KA_NIC_RX_RING_SIZE, 8, layout_.ring_entries);
+  nic_->mmio_write(0, KA_NIC_PAYLOAD_LEN, 8, layout_.payload_bytes);
+  nic_->mmio_write(0, KA_NIC_RX_TAIL, 8, layout_.ring_entries - 1);
+  nic_->mmio_write(0, KA_NIC_CTRL, 8, KA_NIC_CTRL_ENABLE);
+}
+
+void guest::start() {
+  stop_ = false;
+  thread_ = std::thread{[this] { run(); }};
+}
+void guest::pause() { paused_ = true; }
+void guest::resume() { paused_ = false; }
+void guest::stop() {
+  stop_ = true;
+  if (thread_.joinable()) thread_.join();
+}
+
+void guest::run() {
+  while (!stop_) {
+    pollfd p{irq_fd_, POLLIN, 0};
+    if (paused_ || ::poll(&p, 1, 5) <= 0) {
+      if (paused_) std::this_thread::sleep_for(std::chrono::microseconds{200});
+      continue;
+    }
+    std::uint64_t n = 0;
+    if (::read(irq_fd_, &n, sizeof n) == sizeof n) {
+      interrupts += n;
+      consume();
+    }
+  }
+}
+
+void guest::poll_once() { consume(); }
+
+void guest::consume() {
+  auto* base = plat_.memory().base() + ram_.value();
+  auto* ring = reinterpret_cast<ka_nic_rx_desc*>(base + layout_.ring_gpa);
+  bool any = false;
+  for (;;) {
+    auto& d = ring[next_];
+    const auto status = std::atomic_ref<std::uint16_t>{d.status}.load(std::memory_order_acquire);
+    if (!(status & KA_NIC_DESC_DD)) break;
+    const auto* buf = reinterpret_cast<const std::uint8_t*>(base + d.buffer);
+    ka_nic_packet_hdr h;
+    std::memcpy(&h, buf, sizeof h);
+    const auto* payload = buf + sizeof h;
+    bool ok = h.payload_len == layout_.payload_bytes &&
+              ka_nic_checksum(h.seq, payload, h.payload_len) == h.checksum;
+    for (std::uint32_t i = 0; ok && i < h.payload_len; ++i) ok = payload[i] == ka_nic_payload_byte(h.seq, i);
+    if (!ok) ++corrupted;
+    if (h.seq != expected_seq) {
+      ++gaps;
+      if (h.seq > expected_seq) lost_seqs += h.seq - expected_seq;
+    }
+    expected_seq = h.seq + 1;
+    ++received;
+    std::atomic_ref<std::uint16_t>{d.status}.store(0, std::memory_order_release);
+    next_ = (next_ + 1) % layout_.ring_entries;
+    any = true;
+  }
+  if (any) nic_->mmio_write(0, KA_NIC_RX_TAIL, 8, (next_ + layout_.ring_entries - 1) % layout_.ring_entries);
+}
+
+// ------------------------------------------------------------------ vmm
+
+vmm::vmm(kernel& k, std::string name, guest& g, const guest_layout& layout, hpa guest_ram, bdf nic)
+    : k_{k}, proc_{k.spawn(std::move(name))}, guest_{g}, layout_{layout}, ram_{guest_ram}, nic_{nic} {}
+
+status vmm::open_device(const std::optional<token>& t) {
+  auto& s = *proc_;
+  auto c = s.open("/dev/vfio/vfio", O_RDWR);
+  if (!c) return c.err();
+  container_ = *c;
+  auto g = s.open("/dev/vfio/" + std::to_string(nic_.devfn()), O_RDWR);
+  if (!g) return g.err();
+  group_ = *g;
+  if (auto st = from_rc(s.ioctl(group_, VFIO_GROUP_SET_CONTAINER, &container_), "SET_CONTAINER"); !st) return st;
+  if (auto st = from_rc(s.ioctl(container_, VFIO_SET_IOMMU, reinterpret_cast<void*>(std::uintptr_t{VFIO_TYPE1v2_IOMMU})), "SET_IOMMU"); !st)
+    return st;
+  std::string name = t ? abi::reclaim_name(nic_, *t) : nic_.to_string();
+  const long fd = s.ioctl(group_, VFIO_GROUP_GET_DEVICE_FD, name.data());
+  if (fd < 0) return from_rc(fd, "GET_DEVICE_FD");
+  device_ = static_cast<int>(fd);
+  vfio_iommu_type1_dma_map map{};
+  map.argsz = sizeof map;
+  map.flags = VFIO_DMA_MAP_FLAG_READ | VFIO_DMA_MAP_FLAG_WRITE;
+  map.vaddr = ram_.value();  // sim convention: the physical-memory offset of guest RAM
+  map.iova = 0;
+  map.size = layout_.ram_bytes;
+  return from_rc(s.ioctl(container_, VFIO_IOMMU_MAP_DMA, &map), "MAP_DMA");
+}
+
+status vmm::connect_vector() {
+  auto& s = *proc_;
+  // The same eventfd for VFIO and for the VM's irqfd, as QEMU does: with
+  // posting, delivery bypasses it; without, it is the interrupt.
+  alignas(8) std::byte buf[sizeof(vfio_irq_set) + sizeof(std::int32_t)]{};
+  auto* set = reinterpret_cast<vfio_irq_set*>(buf);
+  set->argsz = sizeof buf;
+  set->flags = VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER;
+  set->index = VFIO_PCI_MSIX_IRQ_INDEX;
+  set->start = 0;
+  set->count = 1;
+  const std::int32_t efd = guest_.irq_fd();
+  std::memcpy(buf + sizeof(vfio_irq_set), &efd, sizeof efd);
+  if (auto st = from_rc(s.ioctl(device_, VFIO_DEVICE_SET_IRQS, set), "SET_IRQS"); !st) return st;
+  auto vm = s.open("/dev/kvm", O_RDWR);
+  if (!vm) return vm.err();
+  vm_ = *vm;
+  ka_sim_pid pid{};
+  pid.size = sizeof pid;
+  pid.host_apic_id = 1;
+  if (auto st = from_rc(s.ioctl(vm_, KA_SIM_CREATE_PID, &pid), "CREATE_PID"); !st) return st;
+  ka_sim_irq_bypass b{};
+  b.size = sizeof b;
+  b.device_fd = device_;
+  b.msix_index = 0;
+  b.pid_id = pid.out_pid_id;
+  b.guest_vector = 0x40;
+  b.irqfd = guest_.irq_fd();
+  const long rc = s.ioctl(vm_, KA_SIM_IRQ_BYPASS, &b);
+  // Without posted interrupts the vector stays remapped: the kernel signals
+  // the same eventfd, which is what a VMM falls back to.
+  if (rc == -EOPNOTSUPP) return {};
+  return from_rc(rc, "IRQ_BYPASS");
+}
+
+status vmm::cold_start(std::uint64_t rate_pps, std::uint32_t irq_mod_pkts, std::uint32_t irq_mod_usec) {
+  if (auto st = open_device(std::nullopt); !st) return st;
+  std::uint16_t cmd = 0x6;  // memory space + bus master
+  if (auto r = proc_->pwrite(device_, std::as_bytes(std::span{&cmd, 1}), config_region + 4); !r) return r.err();
+  if (auto st = connect_vector(); !st) return st;
+  if (auto st = write_reg(KA_NIC_IRQ_MOD_PKTS, irq_mod_pkts); !st) return st;
+  if (auto st = write_reg(KA_NIC_IRQ_MOD_USEC, irq_mod_usec); !st) return st;
+  guest_.init_ring();
+  return set_rate(rate_pps);
+}
+
+status vmm::reclaim(const std::optional<token>& t) {
+  if (auto st = open_device(t); !st) return st;
+  if (auto st = connect_vector(); !st) return st;
+  if (t) return leave_keepalive(*t);
+  return {};
+}
+
+result<abi::enter_reply> vmm::enter_keepalive(const token& t) { return abi::keepalive_enter(*proc_, device_, t); }
+status vmm::leave_keepalive(const token& t) { return abi::keepalive_leave(*proc_, device_, t); }
+
+void vmm::exit() {
+  if (proc_) proc_->exit();
+}
+
+status vmm::write_reg(std::uint64_t off, std::uint64_t v) {
+  auto r = proc_->pwrite(device_, std::as_bytes(std::span{&v, 1}), bar0_region + off);
+  return r ? status{} : status{r.err()};
+}
+result<std::uint64_t> vmm::read_reg(std::uint64_t off) {
+  std::uint64_t v = 0;
+  auto r = proc_->pread(device_, std::as_writable_bytes(std::span{&v, 1}), bar0_region + off);
+  if (!r) return r.err();
+  return v;
+}
+status vmm::set_rate(std::uint64_t pps) { return write_reg(KA_NIC_RATE_PPS, pps); }
+
+}  // namespace keepalive::sim::testing

@@ -1,0 +1,96 @@
+// Test and benchmark support: a whole simulated host in one process
+// (platform + sim kernel), a VMM that drives a NIC through the uapi exactly as
+// a real VMM drives VFIO, and a stand-in guest that consumes the RX ring from
+// guest RAM and verifies every packet. The guest outlives VMM restarts (as a
+// real guest does); only the VMM process comes and goes.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <thread>
+
+#include "keepalive/abi/ops.hpp"
+#include "kernel.hpp"
+#include "nic_regs.h"
+#include "platform.hpp"
+
+namespace keepalive::sim::testing {
+
+struct guest_layout {
+  std::uint64_t ram_bytes = 16ull << 20;   // guest RAM, identity IOVA = GPA
+  std::uint64_t ring_gpa = 0x10000;        // descriptor ring
+  std::uint32_t ring_entries = 4096;   // 40 ms at 100k packets/s
+  std::uint64_t buffers_gpa = 0x100000;    // ring_entries buffers of buffer_bytes
+  std::uint32_t buffer_bytes = 256;
+  std::uint32_t payload_bytes = 64;
+};
+
+// The guest's driver and its verification: consumes completed descriptors
+// when its interrupt (an eventfd standing in for the guest vector) fires.
+class guest {
+ public:
+  guest(platform& plat, hpa ram, const guest_layout& layout, bdf nic);
+  ~guest();
+  void init_ring();          // what the guest driver does at probe: zero ring, fill buffers
+  void start();              // consumer thread
+  void pause();              // vCPUs paused: nothing consumed
+  void resume();
+  void stop();
+  [[nodiscard]] int irq_fd() const noexcept { return irq_fd_; }
+  // Counters from the guest's own verification.
+  std::atomic<std::uint64_t> received{0}, corrupted{0}, gaps{0}, lost_seqs{0}, interrupts{0};
+  std::uint64_t expected_seq = 0;
+  [[nodiscard]] std::uint32_t head() const noexcept { return next_; }
+  // Consume everything completed now (without waiting for an interrupt).
+  void poll_once();
+
+ private:
+  void run();
+  void consume();
+  platform& plat_;
+  hpa ram_;
+  guest_layout layout_;
+  pci_function* nic_;
+  int irq_fd_ = -1;
+  std::uint32_t next_ = 0;
+  bool initialised_ = false;
+  std::atomic<bool> stop_{false}, paused_{false};
+  std::thread thread_;
+};
+
+// A VMM process's view: one passthrough NIC, its DMA mapping, one vector
+// posted into a vCPU descriptor whose delivery signals the guest's eventfd.
+class vmm {
+ public:
+  vmm(kernel& k, std::string name, guest& g, const guest_layout& layout, hpa guest_ram, bdf nic);
+  // First start: open, map, program the NIC, set up MSI-X, connect to a vCPU.
+  status cold_start(std::uint64_t rate_pps, std::uint32_t irq_mod_pkts = 16, std::uint32_t irq_mod_usec = 200);
+  // Restart: reclaim with the token (or open plainly when token is empty),
+  // reconnect the vector, drain, leave keepalive.
+  status reclaim(const std::optional<token>& t);
+  result<abi::enter_reply> enter_keepalive(const token& t);
+  status leave_keepalive(const token& t);
+  void exit();  // the process dies (closes everything, like SIGKILL)
+  [[nodiscard]] abi::syscalls& sys() { return *proc_; }
+  [[nodiscard]] int device_fd() const noexcept { return device_; }
+  [[nodiscard]] int container_fd() const noexcept { return container_; }
+  status set_rate(std::uint64_t pps);
+  status write_reg(std::uint64_t off, std::uint64_t v);
+  result<std::uint64_t> read_reg(std::uint64_t off);
+
+ private:
+  status open_device(const std::optional<token>& t);
+  status connect_vector();
+  kernel& k_;
+  std::shared_ptr<process> proc_;
+  guest& guest_;
+  guest_layout layout_;
+  hpa ram_;
+  bdf nic_;
+  int container_ = -1, group_ = -1, device_ = -1, vm_ = -1, trigger_ = -1;
+};
+
+}  // namespace keepalive::sim::testing

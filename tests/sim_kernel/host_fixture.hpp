@@ -1,0 +1,58 @@
+// One simulated host per test: platform, kernel, a guest and its layout.
+#pragma once
+
+#include <doctest/doctest.h>
+
+#include <chrono>
+#include <memory>
+#include <thread>
+
+#include "kernel.hpp"
+#include "platform.hpp"
+#include "sim_host.hpp"
+
+namespace keepalive::sim::testing {
+
+inline const bdf nic0{0, 0, 4, 0};
+
+struct host_fixture {
+  explicit host_fixture(kernel_mode mode = kernel_mode::keepalive, bool posted = true) {
+    platform_config pc;
+    pc.phys_bytes = 96ull << 20;
+    pc.posted_interrupts = posted;
+    plat = std::move(*platform::create(pc));
+    kcfg.mode = mode;
+    kcfg.map.kernel_end = 64ull << 20;
+    k = std::move(*kernel::boot(*plat, kcfg));
+    ram = hpa{kcfg.map.guest_start()};
+    g = std::make_unique<guest>(*plat, ram, layout, nic0);
+  }
+  ~host_fixture() {
+    if (g) g->stop();
+    // Stop the wire before the kernel goes away.
+    if (auto* n = plat->find_nic(nic0)) n->mmio_write(0, KA_NIC_RATE_PPS, 8, 0);
+  }
+  void kexec() {
+    auto nk = sim::kexec(std::move(k));
+    REQUIRE(nk);
+    k = std::move(*nk);
+  }
+  nic_stats nic() { return plat->find_nic(nic0)->stats(); }
+  // Stop traffic, let the last moderated interrupt arrive, and let the guest
+  // consume everything: afterwards guest.received must equal packets written.
+  void drain_guest() {
+    plat->find_nic(nic0)->mmio_write(0, KA_NIC_RATE_PPS, 8, 0);
+    for (int i = 0; i < 200 && g->received.load() < nic().packets; ++i)
+      std::this_thread::sleep_for(std::chrono::milliseconds{2});
+  }
+  static void run_for(int ms) { std::this_thread::sleep_for(std::chrono::milliseconds{ms}); }
+
+  std::unique_ptr<platform> plat;
+  kernel_config kcfg;
+  std::unique_ptr<kernel> k;
+  guest_layout layout;
+  hpa ram;
+  std::unique_ptr<guest> g;
+};
+
+}  // namespace keepalive::sim::testing
