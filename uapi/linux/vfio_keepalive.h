@@ -41,22 +41,31 @@
  *              version: it is refused as a whole, never half-applied
  *  EIO         the device failed (e.g. vanished after kexec); see the events
  *
- * DOC: Device lifecycle (spelled out with every arc in
- * include/keepalive/fsm/device.hpp; values are the uapi state numbers)
+ * DOC: Device lifecycle (every arc in prose in include/keepalive/fsm/device.hpp;
+ * values are the uapi state numbers)
  *
- *   RUNNING --enter(token)--> KEPT_ALIVE --close--> OWNERLESS
- *   OWNERLESS --open(token)--> RECLAIMED --leave(token)--> RUNNING
- *   OWNERLESS --stage2 prepare--> FROZEN --kexec--> RESTORED
- *   RESTORED --open(token)--> RECLAIMED
- *   any --failure--> ERROR --reset--> RUNNING
+ *   RUNNING    --enter(token)--> KEPT_ALIVE --close--> OWNERLESS
+ *   KEPT_ALIVE --leave(token)--> RUNNING             (owner changes its mind)
+ *   OWNERLESS  --open(token)---> RECLAIMED --leave(token)--> RUNNING
+ *   RECLAIMED  --close---------> OWNERLESS           (new owner died first)
+ *   OWNERLESS, RESTORED --stage2 prepare--> FROZEN --kexec--> RESTORED
+ *   FROZEN     --stage2 abort--> OWNERLESS           (also when it was RESTORED)
+ *   RESTORED   --open(token)---> RECLAIMED
+ *   OWNERLESS, RESTORED, ERROR --VFIO_KEEPALIVE_RESET_DEVICE--> RUNNING
+ *   any other  --failure-------> ERROR
+ * The state is checked before the token: a request that is not an arc from
+ * the current state is EBUSY whatever the token (ENOENT for a reclaim of a
+ * RUNNING device); a legal arc with a wrong token is EACCES.
  *
  * While a device is KEPT_ALIVE, OWNERLESS, RECLAIMED, FROZEN or RESTORED the
  * kernel never disables it, resets it, clears Bus Master Enable, frees its
- * IRTEs or tears down its IOMMU domain. The device may DMA and raise
- * interrupts at any time: DMA goes through the preserved second-level tables;
- * interrupts are posted into the preserved posted-interrupt descriptor (PIR)
- * with SN set, or (with VFIO_KEEPALIVE_ENTER_ALLOW_MASKING on a platform
- * without posting) held in the MSI-X pending bits while the vector is masked.
+ * IRTEs or tears down its IOMMU domain — except on the two arcs that exist
+ * for it: VFIO_KEEPALIVE_RESET_DEVICE (operator) and failure (-> ERROR, with
+ * an event). The device may DMA and raise interrupts at any time: DMA goes
+ * through the preserved second-level tables; interrupts are posted into the
+ * preserved posted-interrupt descriptor (PIR) with SN set, or (with
+ * VFIO_KEEPALIVE_ENTER_ALLOW_MASKING on a platform without posting) held in
+ * the MSI-X pending bits while the vector is masked.
  *
  * DOC: Reclaim
  * A device in keepalive is reopened only with its token, through VFIO's
@@ -188,7 +197,7 @@ struct vfio_keepalive_status {
  * @flags: must be 0
  * @out_version: VFIO_KEEPALIVE_ABI_VERSION
  * @out_caps: VFIO_KEEPALIVE_CAP_*
- * @out_nr_devices: devices not RUNNING (kept alive in any state)
+ * @out_nr_devices: devices not RUNNING (kept alive in any state, or ERROR)
  * @__reserved: must be 0
  * @out_generation: incremented by every completed stage-2 (kexec) cycle
  *
@@ -326,8 +335,9 @@ struct vfio_keepalive_event {
  *
  * The operator's way out: an OWNERLESS, RESTORED or ERROR device is reset
  * (FLR), its IRTEs freed and its domain torn down, and it becomes RUNNING
- * (unowned, ordinary). Errors: EINVAL, E2BIG, ENOENT (no such device), EBUSY
- * (device owned, or FROZEN).
+ * (unowned, ordinary); VFIO_KEEPALIVE_EVENT_RESET is queued. Errors: EINVAL,
+ * E2BIG, ENOENT (no such device), EBUSY (any other state: owned, FROZEN, or
+ * already RUNNING).
  */
 struct vfio_keepalive_reset {
 	__u32 size;

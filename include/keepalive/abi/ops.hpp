@@ -8,11 +8,12 @@
 
 #include "keepalive/abi/syscalls.hpp"
 #include "keepalive/error.hpp"
+#include "keepalive/fsm/device.hpp"
 #include "keepalive/types.hpp"
 
 namespace keepalive::abi {
 
-enum class device_state : std::uint32_t { running = 0, kept_alive, ownerless, reclaimed, frozen, restored, error };
+using device_state = fsm::device_state;  // values are the uapi's
 enum class irq_mode : std::uint32_t { none = 0, posted = 1, masked = 2 };
 
 struct enter_options {
