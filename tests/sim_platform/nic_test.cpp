@@ -95,11 +95,12 @@ TEST_CASE("config space: ids, class, capabilities, BAR sizing") {
   }
   n.config_write(pci::bar_offset(0), 4, 0x12345678);
   n.config_write(pci::bar_offset(1), 4, 0x9);
-  CHECK(n.config_read(pci::bar_offset(0), 4) == (0x12344000u | pci::bar_type_64));
+  constexpr std::uint32_t decoded = 0x12345678u & ~std::uint32_t{KA_NIC_BAR0_SIZE - 1};
+  CHECK(n.config_read(pci::bar_offset(0), 4) == (decoded | pci::bar_type_64));
   CHECK(n.config_read(pci::bar_offset(1), 4) == 0x9);
   // Byte and word accesses inside a dword.
   CHECK(n.config_read(pci::bar_offset(0) + 2, 2) == 0x1234);
-  CHECK(n.config_read(pci::bar_offset(0) + 1, 1) == 0x40);
+  CHECK(n.config_read(pci::bar_offset(0) + 1, 1) == ((decoded >> 8) & 0xff));
 }
 
 TEST_CASE("MMIO needs Memory Space enabled: all-ones reads, dropped writes") {

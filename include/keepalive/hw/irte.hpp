@@ -49,8 +49,7 @@ class alignas(16) irte {
     static constexpr std::uint64_t remapped_reserved_lo = bits(14, 12).mask() | bits(31, 24).mask();
     static constexpr std::uint64_t remapped_reserved_hi = bits(127, 84).mask();
     static constexpr std::uint64_t xapic_dst_reserved_lo = bits(39, 32).mask() | bits(63, 48).mask();
-    static constexpr std::uint64_t posted_reserved_lo =
-        bits(7, 2).mask() | bits(13, 12).mask() | bits(37, 24).mask();
+    static constexpr std::uint64_t posted_reserved_lo = bits(7, 2).mask() | bits(13, 12).mask() | bits(37, 24).mask();
     static constexpr std::uint64_t posted_reserved_hi = bits(95, 84).mask();
   };
 
@@ -80,9 +79,7 @@ class alignas(16) irte {
     return keepalive::vector{static_cast<std::uint8_t>(layout::vector.get(w_))};
   }
   constexpr void set_vector(keepalive::vector v) noexcept { layout::vector.set(w_, v.value()); }
-  [[nodiscard]] constexpr std::uint16_t sid() const noexcept {
-    return static_cast<std::uint16_t>(layout::sid.get(w_));
-  }
+  [[nodiscard]] constexpr std::uint16_t sid() const noexcept { return static_cast<std::uint16_t>(layout::sid.get(w_)); }
   constexpr void set_sid(std::uint16_t v) noexcept { layout::sid.set(w_, v); }
   constexpr void set_source(keepalive::bdf b) noexcept { set_sid(b.source_id()); }
   [[nodiscard]] constexpr source_qualifier sq() const noexcept {
@@ -98,12 +95,8 @@ class alignas(16) irte {
   [[nodiscard]] constexpr hw::dest_mode dest_mode() const noexcept {
     return static_cast<hw::dest_mode>(layout::dest_mode.get(w_));
   }
-  constexpr void set_dest_mode(hw::dest_mode v) noexcept {
-    layout::dest_mode.set(w_, static_cast<std::uint64_t>(v));
-  }
-  [[nodiscard]] constexpr bool redirection_hint() const noexcept {
-    return layout::redirection_hint.get(w_) != 0;
-  }
+  constexpr void set_dest_mode(hw::dest_mode v) noexcept { layout::dest_mode.set(w_, static_cast<std::uint64_t>(v)); }
+  [[nodiscard]] constexpr bool redirection_hint() const noexcept { return layout::redirection_hint.get(w_) != 0; }
   constexpr void set_redirection_hint(bool v) noexcept { layout::redirection_hint.set(w_, v); }
   [[nodiscard]] constexpr hw::trigger_mode trigger_mode() const noexcept {
     return static_cast<hw::trigger_mode>(layout::trigger_mode.get(w_));
@@ -118,13 +111,9 @@ class alignas(16) irte {
     layout::delivery_mode.set(w_, static_cast<std::uint64_t>(v));
   }
   // DST raw (bits 63:32); destination() decodes it per APIC mode.
-  [[nodiscard]] constexpr std::uint32_t dst() const noexcept {
-    return static_cast<std::uint32_t>(layout::dst.get(w_));
-  }
+  [[nodiscard]] constexpr std::uint32_t dst() const noexcept { return static_cast<std::uint32_t>(layout::dst.get(w_)); }
   constexpr void set_dst(std::uint32_t v) noexcept { layout::dst.set(w_, v); }
-  [[nodiscard]] constexpr apic_id destination(apic_mode mode) const noexcept {
-    return decode_destination(dst(), mode);
-  }
+  [[nodiscard]] constexpr apic_id destination(apic_mode mode) const noexcept { return decode_destination(dst(), mode); }
   constexpr void set_destination(apic_id id, apic_mode mode) noexcept { set_dst(encode_destination(id, mode)); }
 
   // Posted format (meaningful when is_posted()).

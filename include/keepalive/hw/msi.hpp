@@ -40,10 +40,10 @@ struct msi_layout {
   static constexpr bit_field dest_mode = bit(2);
   static constexpr bit_field redirection_hint = bit(3);
   static constexpr bit_field dest_id = bits(19, 12);
-  static constexpr bit_field vector = bits(7, 0);           // data
-  static constexpr bit_field delivery_mode = bits(10, 8);   // data
-  static constexpr bit_field level_assert = bit(14);        // data
-  static constexpr bit_field trigger_mode = bit(15);        // data
+  static constexpr bit_field vector = bits(7, 0);          // data
+  static constexpr bit_field delivery_mode = bits(10, 8);  // data
+  static constexpr bit_field level_assert = bit(14);       // data
+  static constexpr bit_field trigger_mode = bit(15);       // data
 };
 inline constexpr std::uint32_t msi_base_value = 0xFEE;
 inline constexpr std::uint32_t msi_address_base = msi_base_value << 20;  // 0xFEE00000
@@ -55,7 +55,8 @@ enum class msi_format : std::uint8_t {
 };
 
 [[nodiscard]] constexpr msi_format classify(const msi_message& m) noexcept {
-  if (m.address_hi != 0 || msi_layout::base.extract(m.address_lo) != msi_base_value) return msi_format::not_an_interrupt;
+  if (m.address_hi != 0 || msi_layout::base.extract(m.address_lo) != msi_base_value)
+    return msi_format::not_an_interrupt;
   return msi_layout::format.extract(m.address_lo) != 0 ? msi_format::remappable : msi_format::compatibility;
 }
 

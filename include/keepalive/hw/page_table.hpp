@@ -131,7 +131,7 @@ struct dma_fault {
 };
 
 struct translation {
-  hpa address{};           // translated address (page base + offset)
+  hpa address{};  // translated address (page base + offset)
   std::uint64_t page_size{0};
   perm perms{perm::none};  // R/W ANDed over the whole walk
   unsigned level{0};       // level of the leaf
@@ -184,10 +184,10 @@ template <readable_phys_memory M>
 }
 
 struct mapped_leaf {
-  iova start{};             // first IOVA the leaf maps
-  hpa target{};             // where it maps to
-  std::uint64_t size{0};    // 4 KiB, 2 MiB, 1 GiB
-  perm perms{perm::none};   // R/W ANDed over the path
+  iova start{};            // first IOVA the leaf maps
+  hpa target{};            // where it maps to
+  std::uint64_t size{0};   // 4 KiB, 2 MiB, 1 GiB
+  perm perms{perm::none};  // R/W ANDed over the path
   unsigned level{0};
   bool snoop{false};
   friend constexpr bool operator==(const mapped_leaf&, const mapped_leaf&) = default;
@@ -241,8 +241,8 @@ void walk_tables(M& mem, hpa table, unsigned level, F& f) {
 // Maps [start, end) -> start + delta (mod 2^64) into the table at `level`. Assumes no present
 // leaf overlaps the range. On page exhaustion returns false with `done` = first unmapped IOVA.
 template <phys_memory M>
-bool map_range(M& mem, hpa table, unsigned level, std::uint64_t start, std::uint64_t end, std::uint64_t delta,
-               perm p, bool superpages, std::uint64_t& done) {
+bool map_range(M& mem, hpa table, unsigned level, std::uint64_t start, std::uint64_t end, std::uint64_t delta, perm p,
+               bool superpages, std::uint64_t& done) {
   const std::uint64_t size = level_size(level);
   for (std::uint64_t a = start; a < end;) {
     const std::uint64_t base = a & ~(size - 1);
@@ -337,7 +337,8 @@ status map(M& mem, hpa root, unsigned levels, iova va, hpa pa, std::uint64_t siz
 template <phys_memory M>
 result<std::uint64_t> unmap(M& mem, hpa root, unsigned levels, iova va, std::uint64_t size) {
   if (!detail::valid_levels(levels)) return error{errc::invalid, "unmap: levels must be 2..5"};
-  if ((va.value() | size) % page_bytes != 0) return error{errc::invalid, "unmap: iova and size must be 4 KiB multiples"};
+  if ((va.value() | size) % page_bytes != 0)
+    return error{errc::invalid, "unmap: iova and size must be 4 KiB multiples"};
   if (!detail::range_fits(va.value(), size, input_width(levels)))
     return error{errc::invalid, "unmap: iova beyond the width"};
   const std::uint64_t start = va.value();

@@ -77,10 +77,11 @@ struct memory_bar {
 
 // Size of a memory BAR from what reads back after writing all-ones to it (hi: the upper
 // dword's read-back for a 64-bit BAR, ignored otherwise). 0 if the BAR is unimplemented.
-[[nodiscard]] constexpr std::uint64_t bar_size_from_probe(std::uint32_t lo_readback, std::uint32_t hi_readback) noexcept {
+[[nodiscard]] constexpr std::uint64_t bar_size_from_probe(std::uint32_t lo_readback,
+                                                          std::uint32_t hi_readback) noexcept {
   const bool is64 = (lo_readback & bar_type_mask) == bar_type_64;
-  const std::uint64_t mask = (is64 ? std::uint64_t{hi_readback} << 32 : 0xFFFF'FFFF'0000'0000u) |
-                             (lo_readback & bar_memory_address_mask);
+  const std::uint64_t mask =
+      (is64 ? std::uint64_t{hi_readback} << 32 : 0xFFFF'FFFF'0000'0000u) | (lo_readback & bar_memory_address_mask);
   if ((mask & 0xFFFF'FFF0u) == 0 && (!is64 || hi_readback == 0)) return 0;
   return ~mask + 1;
 }
@@ -110,11 +111,11 @@ template <class Read8>
 }
 
 // ---- PCI Express capability (offsets from the capability) ---------------------------------
-inline constexpr std::uint16_t pcie_device_capabilities = 0x04;  // 32 bits
-inline constexpr std::uint16_t pcie_device_control = 0x08;       // 16 bits
-inline constexpr std::uint16_t pcie_device_status = 0x0A;        // 16 bits
-inline constexpr std::uint32_t pcie_devcap_flr = 1u << 28;       // PCI_EXP_DEVCAP_FLR
-inline constexpr std::uint16_t pcie_devctl_initiate_flr = 1u << 15;  // PCI_EXP_DEVCTL_BCR_FLR
+inline constexpr std::uint16_t pcie_device_capabilities = 0x04;             // 32 bits
+inline constexpr std::uint16_t pcie_device_control = 0x08;                  // 16 bits
+inline constexpr std::uint16_t pcie_device_status = 0x0A;                   // 16 bits
+inline constexpr std::uint32_t pcie_devcap_flr = 1u << 28;                  // PCI_EXP_DEVCAP_FLR
+inline constexpr std::uint16_t pcie_devctl_initiate_flr = 1u << 15;         // PCI_EXP_DEVCTL_BCR_FLR
 inline constexpr std::uint16_t pcie_devsta_transactions_pending = 1u << 5;  // PCI_EXP_DEVSTA_TRPND
 // After initiating FLR, software waits 100 ms before touching the function's config space.
 inline constexpr unsigned flr_wait_ms = 100;

@@ -87,7 +87,8 @@ class buffer_phys_memory {
     free_.pop_back();
     in_use_[page] = true;
     std::uint64_t* p = &words_[page * (page_bytes / 8)];
-    for (std::size_t i = 0; i < page_bytes / 8; ++i) std::atomic_ref<std::uint64_t>{p[i]}.store(0, std::memory_order_relaxed);
+    for (std::size_t i = 0; i < page_bytes / 8; ++i)
+      std::atomic_ref<std::uint64_t>{p[i]}.store(0, std::memory_order_relaxed);
     return base_ + std::uint64_t{page} * page_bytes;
   }
   void free_page(hpa a) noexcept {

@@ -135,7 +135,9 @@ class pi_control {
   [[nodiscard]] constexpr std::uint32_t ndst() const noexcept {
     return static_cast<std::uint32_t>(layout::ndst.extract(raw_));
   }
-  [[nodiscard]] constexpr apic_id destination(apic_mode mode) const noexcept { return decode_destination(ndst(), mode); }
+  [[nodiscard]] constexpr apic_id destination(apic_mode mode) const noexcept {
+    return decode_destination(ndst(), mode);
+  }
   [[nodiscard]] constexpr bool reserved_bits_set() const noexcept { return (raw_ & layout::reserved) != 0; }
 
   [[nodiscard]] constexpr pi_control with_on(bool v) const noexcept { return from_raw(layout::on.insert(raw_, v)); }
@@ -179,7 +181,9 @@ class alignas(64) posted_intr_desc {
     for (auto& w : reserved_) w = 0;
     control_ = pi_control{}.with_nv(nv).with_ndst(ndst).with_sn(sn).raw();
   }
-  constexpr void set_nv_nonatomic(keepalive::vector nv) noexcept { control_ = pi_control::from_raw(control_).with_nv(nv).raw(); }
+  constexpr void set_nv_nonatomic(keepalive::vector nv) noexcept {
+    control_ = pi_control::from_raw(control_).with_nv(nv).raw();
+  }
   constexpr void set_ndst_nonatomic(std::uint32_t ndst) noexcept {
     control_ = pi_control::from_raw(control_).with_ndst(ndst).raw();
   }
@@ -227,12 +231,16 @@ class alignas(64) posted_intr_desc {
   }
 
   // Return the previous SN.
-  bool set_sn() noexcept { return (ref(control_).fetch_or(pi_control::layout::sn.mask()) & pi_control::layout::sn.mask()) != 0; }
+  bool set_sn() noexcept {
+    return (ref(control_).fetch_or(pi_control::layout::sn.mask()) & pi_control::layout::sn.mask()) != 0;
+  }
   bool clear_sn() noexcept {
     return (ref(control_).fetch_and(~pi_control::layout::sn.mask()) & pi_control::layout::sn.mask()) != 0;
   }
   // Return the previous ON.
-  bool set_on() noexcept { return (ref(control_).fetch_or(pi_control::layout::on.mask()) & pi_control::layout::on.mask()) != 0; }
+  bool set_on() noexcept {
+    return (ref(control_).fetch_or(pi_control::layout::on.mask()) & pi_control::layout::on.mask()) != 0;
+  }
   bool clear_on() noexcept {
     return (ref(control_).fetch_and(~pi_control::layout::on.mask()) & pi_control::layout::on.mask()) != 0;
   }
@@ -290,7 +298,8 @@ static_assert(sizeof(posted_intr_desc) == posted_intr_desc::size && alignof(post
 static_assert(std::is_standard_layout_v<posted_intr_desc> && std::is_trivially_copyable_v<posted_intr_desc>);
 static_assert(posted_intr_desc::layout_is_exact());
 static_assert(pi_control::layout::nv.lsb / 8 + posted_intr_desc::control_offset == posted_intr_desc::nv_byte_offset);
-static_assert(pi_control::layout::ndst.lsb / 8 + posted_intr_desc::control_offset == posted_intr_desc::ndst_byte_offset);
+static_assert(pi_control::layout::ndst.lsb / 8 + posted_intr_desc::control_offset ==
+              posted_intr_desc::ndst_byte_offset);
 static_assert(std::atomic_ref<std::uint64_t>::is_always_lock_free);
 
 }  // namespace keepalive::hw

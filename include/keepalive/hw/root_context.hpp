@@ -22,7 +22,7 @@ inline constexpr std::size_t root_entries = 256;
 inline constexpr std::size_t context_entries = 256;
 inline constexpr std::size_t root_entry_bytes = 16;
 inline constexpr std::size_t context_entry_bytes = 16;
-inline constexpr std::uint32_t rtaddr_register_offset = 0x20;  // DMAR_RTADDR_REG
+inline constexpr std::uint32_t rtaddr_register_offset = 0x20;    // DMAR_RTADDR_REG
 inline constexpr std::uint64_t rtaddr_scalable_mode = 1u << 10;  // DMA_RTADDR_SMT
 
 // Bits of a 64-bit pointer at or above the host address width.
@@ -106,8 +106,9 @@ class context_entry {
     return e;
   }
   // A present multi-level entry: second-level table at slptptr with `levels` levels.
-  [[nodiscard]] static constexpr context_entry make(hpa slptptr, unsigned levels, keepalive::domain_id did,
-                                                    hw::translation_type tt = hw::translation_type::multi_level) noexcept {
+  [[nodiscard]] static constexpr context_entry make(
+      hpa slptptr, unsigned levels, keepalive::domain_id did,
+      hw::translation_type tt = hw::translation_type::multi_level) noexcept {
     context_entry e;
     e.set_slptptr(slptptr);
     e.set_address_width(aw_for_levels(levels));
@@ -138,7 +139,9 @@ class context_entry {
   }
   constexpr void set_address_width(std::uint8_t aw) noexcept { layout::address_width.set(w_, aw); }
   [[nodiscard]] constexpr unsigned levels() const noexcept { return levels_for_aw(address_width()); }
-  [[nodiscard]] constexpr std::uint8_t avail() const noexcept { return static_cast<std::uint8_t>(layout::avail.get(w_)); }
+  [[nodiscard]] constexpr std::uint8_t avail() const noexcept {
+    return static_cast<std::uint8_t>(layout::avail.get(w_));
+  }
   constexpr void set_avail(std::uint8_t v) noexcept { layout::avail.set(w_, v); }  // 4 bits
   [[nodiscard]] constexpr keepalive::domain_id domain_id() const noexcept {
     return keepalive::domain_id{static_cast<std::uint16_t>(layout::domain_id.get(w_))};

@@ -39,7 +39,7 @@ result<int> kernel_core::open(int pid, std::string_view path) {
     unsigned group = 0;
     const auto num = path.substr(10);
     auto [p, ec] = std::from_chars(num.data(), num.data() + num.size(), group);
-    if (ec != std::errc{} || p != num.data() + num.size() || group > 255 || !find_dev(bdf::from_packed(group)))
+    if (ec != std::errc{} || p != num.data() + num.size() || group > 0xffff || !find_dev(bdf::from_packed(group)))
       return {errc::not_found, std::string{path}};
     for (auto& [other_pid, table] : processes_)
       for (auto& [n, of] : table)
@@ -303,7 +303,7 @@ long kernel_core::group_ioctl(int pid, file& g, unsigned long cmd, void* arg) {
       const auto sp = name.find(' ');
       auto b = bdf::parse(name.substr(0, sp));
       vdev* d = b ? find_dev(*b) : nullptr;
-      if (!d || d->address.devfn() != g.group) return neg(errc::not_found);
+      if (!d || d->address.source_id() != g.group) return neg(errc::not_found);
       std::optional<token> presented;
       if (sp != std::string_view::npos) {
         auto opt = name.substr(sp + 1);

@@ -9,7 +9,7 @@
  *
  * Node names understood by the sim kernel:
  *   /dev/vfio/vfio        VFIO container (type1)
- *   /dev/vfio/<N>         VFIO group N (one function per group; N = devfn)
+ *   /dev/vfio/<N>         VFIO group N (one function per group; N = bus << 8 | devfn, the source ID)
  *   /dev/vfio/keepalive   keepalive control node
  *   /dev/kvm              a VM (the sim stand-in for KVM's posted interrupts)
  *

@@ -43,7 +43,8 @@ bool payload_len_valid(std::uint64_t n) noexcept { return n >= 4 && n <= max_pay
 
 }  // namespace
 
-nic::nic(bdf address, iommu& unit) : pci_function{address}, unit_{unit} {
+nic::nic(bdf address, iommu& unit, unsigned msix_vectors)
+    : pci_function{address}, unit_{unit}, msix_(msix_vectors) {
   std::unique_lock lk{mu_};
   reset_locked();
   thread_ = std::thread{[this] { run(); }};
@@ -84,7 +85,7 @@ void nic::reset_locked() {
   put(pci::interrupt_line, 1, 0, 0xff);  // interrupt pin 0: no INTx
   put(cap_msix + pci::cap_id_offset, 1, static_cast<std::uint8_t>(pci::cap_id::msix), 0);
   put(cap_msix + pci::cap_next_offset, 1, cap_pcie, 0);
-  put(msix_control_reg, 2, hw::msix_cap::encode_table_size(KA_NIC_MSIX_VECTORS),
+  put(msix_control_reg, 2, hw::msix_cap::encode_table_size(static_cast<unsigned>(msix_.size())),
       hw::msix_cap::control_enable | hw::msix_cap::control_function_mask);
   put(cap_msix + hw::msix_cap::table, 4, hw::msix_cap::encode_location({0, KA_NIC_MSIX_TABLE_OFF}), 0);
   put(cap_msix + hw::msix_cap::pba, 4, hw::msix_cap::encode_location({0, KA_NIC_MSIX_PBA_OFF}), 0);
@@ -96,7 +97,7 @@ void nic::reset_locked() {
 
   ctrl_ = ring_base_ = ring_size_ = head_ = tail_ = 0;
   mod_pkts_ = mod_usec_ = payload_len_ = 0;
-  msix_.fill(msix_entry{});
+  std::fill(msix_.begin(), msix_.end(), msix_entry{});
   pba_ = 0;
   unsignalled_ = 0;
   at_reset_ = total_;

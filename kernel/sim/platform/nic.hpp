@@ -19,6 +19,7 @@
 #include <cstdint>
 #include <mutex>
 #include <thread>
+#include <vector>
 
 #include "iommu.hpp"
 #include "nic_regs.h"
@@ -33,7 +34,7 @@ struct nic_stats {
 
 class nic final : public pci_function {
  public:
-  nic(bdf address, iommu& unit);
+  nic(bdf address, iommu& unit, unsigned msix_vectors = KA_NIC_MSIX_VECTORS);
   ~nic() override;
 
   std::uint32_t config_read(std::uint16_t offset, unsigned size) override;
@@ -94,7 +95,7 @@ class nic final : public pci_function {
   std::array<std::uint8_t, 4096> wmask_{};
   std::uint64_t ctrl_ = 0, ring_base_ = 0, ring_size_ = 0, head_ = 0, tail_ = 0;
   std::uint64_t mod_pkts_ = 0, mod_usec_ = 0, payload_len_ = 0;
-  std::array<msix_entry, KA_NIC_MSIX_VECTORS> msix_{};
+  std::vector<msix_entry> msix_;
   std::uint64_t pba_ = 0;
 
   // The wire (link partner): survives FLR.

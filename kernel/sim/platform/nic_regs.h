@@ -4,10 +4,12 @@
  * (kernel/sim/platform/nic.cpp), the host-side consumers in tests and the
  * freestanding guest driver (examples/minivmm/guest). Plain C, no libc.
  *
- * PCI: vendor 0x1de5 ("keepalive"), device 0x0001. BAR0: 64-bit memory, 16 KiB:
+ * PCI: vendor 0x1de5 ("keepalive"), device 0x0001. BAR0: 64-bit memory, 64 KiB:
  *   0x0000-0x0fff  registers below
- *   0x1000-0x1fff  MSI-X table (up to 256 entries x 16 bytes)
- *   0x2000-0x20ff  MSI-X PBA
+ *   0x1000-0x8fff  MSI-X table (up to 2048 entries x 16 bytes; 4 by default)
+ *   0x9000-0x90ff  MSI-X PBA
+ * Only vector 0 is raised (RX); more vectors exist to exercise keepalive with
+ * large MSI-X tables.
  * The device works only while Memory Space and Bus Master are enabled in the
  * command register, MSI-X is enabled, and CTRL.ENABLE is set.
  *
@@ -19,6 +21,17 @@
  * number is consumed, so a receiver sees the gap.
  * Interrupt: MSI-X vector 0 after IRQ_MOD_PKTS completed packets, or when
  * IRQ_MOD_USEC microseconds passed with completions not yet signalled.
+ *
+ * Behaviour a driver may rely on:
+ *  - The device receives only while Memory Space, Bus Master, MSI-X enable
+ *    and CTRL.ENABLE are all on and the ring is valid; otherwise every packet
+ *    the wire delivers is a DROP (the sequence number still advances).
+ *  - A masked vector (entry or function mask) does not stop the device: the
+ *    message is held in the PBA and sent once when unmasked.
+ *  - FLR clears every register, the MSI-X table (all masked), the PBA, the
+ *    command register and the BARs; RATE_PPS and NEXT_SEQ belong to the link
+ *    partner and survive it, so a reset shows up as a sequence gap.
+ *  - Writing RX_RING_BASE or RX_RING_SIZE resets HEAD to 0.
  */
 #ifndef KEEPALIVE_NIC_REGS_H
 #define KEEPALIVE_NIC_REGS_H
@@ -39,10 +52,11 @@
 
 #define KA_NIC_VENDOR_ID 0x1de5
 #define KA_NIC_DEVICE_ID 0x0001
-#define KA_NIC_BAR0_SIZE 0x4000
+#define KA_NIC_BAR0_SIZE 0x10000
 #define KA_NIC_MSIX_TABLE_OFF 0x1000
-#define KA_NIC_MSIX_PBA_OFF 0x2000
-#define KA_NIC_MSIX_VECTORS 4
+#define KA_NIC_MSIX_PBA_OFF 0x9000
+#define KA_NIC_MSIX_VECTORS 4 /* default table size */
+#define KA_NIC_MSIX_MAX_VECTORS 2048
 
 /* registers (64-bit unless noted) */
 #define KA_NIC_CTRL 0x00          /* bit 0: ENABLE */

@@ -7,7 +7,8 @@ namespace keepalive::sim {
 
 namespace {
 constexpr std::uint8_t first_nic_device = 4;
-constexpr unsigned max_nics = 32 - first_nic_device;  // devices 4..31 on bus 0
+constexpr unsigned nics_per_bus = 32 - first_nic_device;  // devices 4..31 of each bus
+constexpr unsigned max_nics = 64;
 }  // namespace
 
 platform::platform(phys_memory mem, bool posted)
@@ -21,13 +22,16 @@ platform::~platform() {
 }
 
 result<std::unique_ptr<platform>> platform::create(const platform_config& cfg) {
-  if (cfg.nics > max_nics) return {errc::invalid, "at most 28 NICs fit on bus 0 (devices 4..31)"};
+  if (cfg.nics > max_nics) return {errc::invalid, "at most 64 NICs"};
+  if (cfg.msix_vectors == 0 || cfg.msix_vectors > KA_NIC_MSIX_MAX_VECTORS)
+    return {errc::invalid, "MSI-X vectors per NIC: 1..2048"};
   auto mem = phys_memory::create(cfg.phys_bytes);
   if (!mem) return mem.err();
   std::unique_ptr<platform> p{new platform{std::move(*mem), cfg.posted_interrupts}};
   for (unsigned i = 0; i < cfg.nics; ++i) {
-    const bdf address{0, 0, static_cast<std::uint8_t>(first_nic_device + i), 0};
-    p->functions_.push_back(std::make_unique<nic>(address, *p->iommu_));
+    const bdf address{0, static_cast<std::uint8_t>(i / nics_per_bus),
+                      static_cast<std::uint8_t>(first_nic_device + i % nics_per_bus), 0};
+    p->functions_.push_back(std::make_unique<nic>(address, *p->iommu_, cfg.msix_vectors));
   }
   return p;
 }

@@ -15,7 +15,8 @@ namespace keepalive::sim {
 
 struct platform_config {
   std::uint64_t phys_bytes = 256ull << 20;  // multiple of 2 MiB
-  unsigned nics = 1;                        // at 0000:00:04.0, 0000:00:05.0, ...
+  unsigned nics = 1;                        // 0000:00:04.0 .. 0000:00:1f.0, then bus 1, ... (<= 64)
+  unsigned msix_vectors = KA_NIC_MSIX_VECTORS;  // per NIC, <= KA_NIC_MSIX_MAX_VECTORS
   bool posted_interrupts = true;            // VT-d posted-interrupt capability
 };
 

@@ -118,7 +118,7 @@ status vmm::open_device(const std::optional<token>& t) {
   auto c = s.open("/dev/vfio/vfio", O_RDWR);
   if (!c) return c.err();
   container_ = *c;
-  auto g = s.open("/dev/vfio/" + std::to_string(nic_.devfn()), O_RDWR);
+  auto g = s.open("/dev/vfio/" + std::to_string(nic_.source_id()), O_RDWR);
   if (!g) return g.err();
   group_ = *g;
   if (auto st = from_rc(s.ioctl(group_, VFIO_GROUP_SET_CONTAINER, &container_), "SET_CONTAINER"); !st) return st;
