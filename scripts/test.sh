@@ -9,7 +9,7 @@ mkdir -p build
 
 total_pass=0 total_fail=0 total_skip=0
 run_suite() {  # run_suite NAME DIR
-  local name=$1 dir=$2 junit="$2/ctest-junit.xml" rc=0
+  local name=$1 dir=$2 junit="$KEEPALIVE_ROOT/$2/ctest-junit.xml" rc=0
   log "running tests: $name"
   ctest --test-dir "$dir" --output-on-failure -j2 --output-junit "$junit" || rc=1
   local line tests failures skipped
