@@ -13,7 +13,7 @@ run_suite() {  # run_suite NAME DIR
   log "running tests: $name"
   ctest --test-dir "$dir" --output-on-failure -j2 --output-junit "$junit" || rc=1
   local line tests failures skipped
-  line=$(grep -m1 -o '<testsuite [^>]*>' "$junit")
+  line=$(tr '\n\t' '  ' <"$junit" | grep -m1 -o '<testsuite [^>]*>')
   tests=$(sed -E 's/.* tests="([0-9]+)".*/\1/' <<<"$line")
   failures=$(sed -E 's/.* failures="([0-9]+)".*/\1/' <<<"$line")
   skipped=$(sed -E 's/.* skipped="([0-9]+)".*/\1/' <<<"$line")

@@ -52,7 +52,7 @@ TEST_CASE("bdf packs like the uapi and VT-d source IDs") {
   CHECK_FALSE(bdf::parse("zz:00.0"));
 }
 
-TEST_CASE("token is a UUID; nil is recognisable; generate gives v4") {
+TEST_CASE("token is a UUID, nil is recognisable, generate gives v4") {
   auto t = token::parse("123e4567-e89b-12d3-a456-426614174000");
   REQUIRE(t);
   CHECK(t->raw()[0] == 0x12);
