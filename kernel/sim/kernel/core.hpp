@@ -67,7 +67,8 @@ struct pid_obj {
 struct vector_slot {
   fsm::vector_state state = fsm::vector_state::free;
   irte_index irte{};
-  vector host_vector{};                    // remapped delivery on the host CPU
+  apic_id host_cpu{};                      // remapped delivery: this host CPU ...
+  vector host_vector{};                    // ... at this vector
   std::shared_ptr<eventfd_ref> trigger;    // VFIO_DEVICE_SET_IRQS eventfd
   std::shared_ptr<pid_obj> pid;            // posted: current descriptor; preserved: where it accumulates
   vector pir_bit{};                        // the bit of `pid` this vector posts (guest vector, or index when parked)
@@ -214,7 +215,9 @@ class kernel_core {
   std::uint64_t* irte_slot(irte_index i) const;
   void write_irte_remapped(vdev& d, vector_slot& s);
   void write_irte_posted(vdev& d, vector_slot& s);
-  std::optional<vector> alloc_host_vector(vdev& d, unsigned index);
+  // A (host CPU, vector) for slot `index` of `d`, reusing the one it has.
+  bool alloc_host_vector(vdev& d, unsigned index);
+  static std::uint32_t host_key(apic_id cpu, vector v) { return cpu.value() << 8 | v.value(); }
   std::shared_ptr<pid_obj> new_pid(apic_id ndst, bool sn);
   hw::posted_intr_desc& desc(const pid_obj& p) const;
   bool take_pir_bit(const pid_obj& p, vector v);
@@ -277,7 +280,7 @@ class kernel_core {
   hpa root_table_, ir_table_;
   std::map<std::uint8_t, hpa> context_tables_;  // bus -> context table
   std::vector<bool> irte_used_, did_used_;
-  std::map<std::uint8_t, std::pair<vdev*, unsigned>> host_vectors_;
+  std::map<std::uint32_t, std::pair<vdev*, unsigned>> host_vectors_;  // host_key -> (device, MSI-X index)
   std::vector<std::unique_ptr<vdev>> devices_;
   std::map<std::uint64_t, std::weak_ptr<pid_obj>> pids_;  // by hpa
   std::vector<hpa> pid_pages_, free_pid_slots_;

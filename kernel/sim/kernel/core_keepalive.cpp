@@ -46,13 +46,11 @@ long kernel_core::set_irqs(vdev& d, vfio_irq_set& h, std::span<const std::int32_
     if (s.state == free) {
       auto irte = alloc_irte();
       if (!irte) return neg(errc::no_memory);
-      auto hv = alloc_host_vector(d, i);
-      if (!hv) {
+      if (!alloc_host_vector(d, i)) {
         irte_used_[irte->value()] = false;
         return neg(errc::no_memory);
       }
       s.irte = *irte;
-      s.host_vector = *hv;
       s.trigger = trigger;
       write_irte_remapped(d, s);
       const auto ctrl_off = [&] {
@@ -67,12 +65,7 @@ long kernel_core::set_irqs(vdev& d, vfio_irq_set& h, std::span<const std::int32_
     } else if (s.state == preserved) {
       // Reclaim: the SAME IRTE, now remapped to this owner's eventfd; then
       // whatever was posted while nobody owned the device is delivered.
-      std::optional<vector> hv;
-      for (auto& [v, owner] : host_vectors_)
-        if (owner.first == &d && owner.second == i) hv = vector{v};
-      if (!hv) hv = alloc_host_vector(d, i);
-      if (!hv) return neg(errc::no_memory);
-      s.host_vector = *hv;
+      if (!alloc_host_vector(d, i)) return neg(errc::no_memory);
       s.trigger = trigger;
       (void)advance(s.state, reconnected);
       write_irte_remapped(d, s);

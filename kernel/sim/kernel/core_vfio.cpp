@@ -257,8 +257,16 @@ long kernel_core::container_ioctl(file& c, unsigned long cmd, void* arg) {
       }
       auto& dom = *c.domain;
       const std::uint64_t end = u.iova + u.size;
-      for (auto& [start, mp] : dom.maps)
-        if (start < end && start + mp.size > u.iova && (start < u.iova || start + mp.size > end)) return neg(errc::invalid);
+      // Type1 v2: a mapping may not be split. Only the mapping that starts
+      // before the range and the last one inside it can straddle an edge.
+      if (auto it = dom.maps.lower_bound(u.iova); it != dom.maps.begin()) {
+        const auto& [start, mp] = *std::prev(it);
+        if (start + mp.size > u.iova) return neg(errc::invalid);
+      }
+      if (auto it = dom.maps.lower_bound(end); it != dom.maps.begin()) {
+        const auto& [start, mp] = *std::prev(it);
+        if (start >= u.iova && start < end && start + mp.size > end) return neg(errc::invalid);
+      }
       if (u.flags & VFIO_DMA_UNMAP_FLAG_VADDR) return 0;  // CPR: mappings stay, vaddr invalidated
       std::uint64_t bytes = 0;
       tracked_kmem tm{mem_, dom.pages};

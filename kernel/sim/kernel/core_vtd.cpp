@@ -118,7 +118,7 @@ void kernel_core::write_irte_remapped(vdev& d, vector_slot& s) {
   hw::remapped_irte_fields f{};
   f.present = true;
   f.vec = s.host_vector;
-  f.destination = cfg_.host_cpu;
+  f.destination = s.host_cpu;
   f.mode = hw::apic_mode::x2apic;
   f.sid = d.address.source_id();
   f.svt = hw::source_validation::sid_sq;
@@ -136,13 +136,22 @@ void kernel_core::write_irte_posted(vdev& d, vector_slot& s) {
   hw::irte_store_atomic(irte_slot(s.irte), hw::make_posted(f));
 }
 
-std::optional<vector> kernel_core::alloc_host_vector(vdev& d, unsigned index) {
-  for (unsigned v = first_host_vector; v <= last_host_vector; ++v)
-    if (!host_vectors_.count(static_cast<std::uint8_t>(v))) {
-      host_vectors_[static_cast<std::uint8_t>(v)] = {&d, index};
-      return vector{static_cast<std::uint8_t>(v)};
+bool kernel_core::alloc_host_vector(vdev& d, unsigned index) {
+  auto& s = d.vectors[index];
+  if (auto it = host_vectors_.find(host_key(s.host_cpu, s.host_vector));
+      s.host_vector.value() != 0 && it != host_vectors_.end() && it->second == std::pair{&d, index})
+    return true;
+  for (unsigned c = 0; c < cfg_.host_cpus; ++c)
+    for (unsigned v = first_host_vector; v <= last_host_vector; ++v) {
+      const apic_id cpu{cfg_.host_cpu.value() + c};
+      const vector vec{static_cast<std::uint8_t>(v)};
+      if (host_vectors_.count(host_key(cpu, vec))) continue;
+      host_vectors_[host_key(cpu, vec)] = {&d, index};
+      s.host_cpu = cpu;
+      s.host_vector = vec;
+      return true;
     }
-  return std::nullopt;
+  return false;
 }
 
 hw::posted_intr_desc& kernel_core::desc(const pid_obj& p) const {
@@ -211,8 +220,8 @@ bool kernel_core::on_interrupt(apic_id cpu, vector v) {
     }
     return true;
   }
-  auto it = host_vectors_.find(v.value());
-  if (cpu != cfg_.host_cpu || it == host_vectors_.end()) {
+  auto it = host_vectors_.find(host_key(cpu, v));
+  if (it == host_vectors_.end()) {
     ++stats_.spurious;
     return true;
   }

@@ -30,7 +30,8 @@ enum class kernel_mode {
 struct kernel_config {
   kernel_mode mode = kernel_mode::keepalive;
   memory_map map{};
-  apic_id host_cpu{0};  // where device interrupts in remapped mode are delivered
+  apic_id host_cpu{0};    // first host CPU; remapped device vectors spread over host_cpus CPUs
+  unsigned host_cpus = 16;  // 176 device vectors each (0x30..0xDF), as Linux's per-CPU vector spaces
 };
 
 struct kernel_stats {
