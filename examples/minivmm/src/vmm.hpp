@@ -1,0 +1,129 @@
+// The mini-VMM: one vCPU running the freestanding guest, one passthrough NIC
+// whose BAR0 the guest drives through MMIO exits and whose MSI-X vector is
+// posted (sim) and injected (real KVM irqfd) as guest vector 0x40.
+//
+// Restart protocol (two VMM objects, or two processes once the daemon exists):
+//   new = vmm::prepare(...)        VM, RAM slot, vCPU, MSI route, irqfd: while the old one runs
+//   state = old->handover(token)   pause vCPUs, keepalive-enter devices, flush irqfd, save state
+//   old.reset()                    the old process exits (its host_link closes every fd)
+//   new->take_over(state)          restore vCPUs, reclaim devices with the token, resume
+// Guest RAM is never copied: both map the same slice of the physical-memory file.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <span>
+#include <string>
+#include <thread>
+
+#include "guest/shared.h"
+#include "guest_setup.hpp"
+#include "handover.hpp"
+#include "host_link.hpp"
+#include "kvm.hpp"
+#include "passthrough.hpp"
+
+namespace keepalive::minivmm {
+
+struct vmm_options {
+  guest_config guest;
+  bdf nic{0, 0, 4, 0};
+  std::uint64_t ram_slice = 0;  // offset of this VM's RAM inside the host's guest area
+  vector_route route;
+  bool echo_guest_console = true;
+};
+
+struct exit_stats {
+  std::uint64_t runs = 0, mmio = 0, mmio_bar0 = 0, mmio_other = 0, io = 0, interrupted = 0;
+};
+
+// Times of one restart (old side: handover; new side: take_over), in ns.
+struct restart_timing {
+  std::uint64_t prepare_ns = 0;  // new VMM: VM + slot + vCPU (before the pause)
+  std::uint64_t stop_ns = 0;     // pause request -> vCPU out of KVM_RUN
+  std::uint64_t enter_ns = 0;    // keepalive enter of every device
+  std::uint64_t save_ns = 0;     // everything after the enter (the three below)
+  std::uint64_t flush_ns = 0;    //   KVM_IRQFD deassign (flushes an injection in flight)
+  std::uint64_t get_state_ns = 0;  // KVM_GET_* of vCPU and irqchip, vCPU thread joined
+  std::uint64_t release_ns = 0;  //   closing the device fds (the kernel preserves the device)
+  std::uint64_t restore_ns = 0;  // KVM_SET_* in the new VM
+  std::uint64_t reclaim_ns = 0;  // open with token, map, SET_IRQS, bypass, leave
+  std::uint64_t pause_ns = 0;    // pause request -> new vCPU running
+  // Guest view: its last NIC interrupt before the pause, and the gap to the
+  // first one after the resume (guest TSC cycles; 0 until measured).
+  std::uint64_t guest_irqs_at_pause = 0, guest_last_irq_tsc = 0, guest_gap_tsc = 0;
+};
+
+class vmm {
+ public:
+  // Everything that needs neither the device nor the guest's state.
+  static result<std::unique_ptr<vmm>> prepare(std::unique_ptr<host_link> host, const vmm_options& opt);
+  ~vmm();  // stop the vCPU and exit the process (host_link::exit)
+  vmm(const vmm&) = delete;
+  vmm& operator=(const vmm&) = delete;
+
+  // Cold start: load the guest, open + enable the device, connect its vector, run.
+  [[nodiscard]] status boot(std::span<const std::byte> image);
+  // Old side of a restart. On error the VMM keeps running the guest.
+  [[nodiscard]] result<vmm_state> handover(const token& t);
+  // New side of a restart (after the old VMM exited).
+  [[nodiscard]] status take_over(const vmm_state& s);
+
+  // The NIC through this VMM's device fd (the harness is the link partner).
+  [[nodiscard]] status set_rate(std::uint64_t pps);
+  [[nodiscard]] result<std::uint64_t> nic_reg(std::uint64_t offset);
+
+  // The guest's counters page (read while the guest runs: each word atomic).
+  [[nodiscard]] minivmm_counters counters() const;
+  // Restart the guest's largest-interrupt-gap measurement.
+  void bump_gap_epoch();
+  [[nodiscard]] std::uint32_t tsc_khz() const noexcept { return tsc_khz_; }
+  [[nodiscard]] exit_stats exits() const;
+  [[nodiscard]] const restart_timing& timing() const noexcept { return timing_; }
+  // Set when the vCPU loop stopped on its own (shutdown, internal error).
+  [[nodiscard]] std::optional<std::string> vcpu_failure() const;
+  [[nodiscard]] std::string console() const;
+
+ private:
+  vmm(std::unique_ptr<host_link> host, const vmm_options& opt) : host_{std::move(host)}, opt_{opt} {}
+  status start_vcpu();
+  void pause_vcpu();
+  void resume_vcpu();
+  void stop_vcpu();
+  void vcpu_loop();
+  bool handle_exit(kvm_run& run);  // false: the vCPU cannot continue
+  void handle_mmio(kvm_run& run);
+  void handle_io(kvm_run& run);
+  void fail(std::string why);
+
+  std::unique_ptr<host_link> host_;
+  vmm_options opt_;
+  std::unique_ptr<kvm_vm> vm_;
+  std::unique_ptr<kvm_vcpu> vcpu_;
+  std::byte* ram_ = nullptr;
+  unique_fd irq_eventfd_;
+  std::uint32_t tsc_khz_ = 0;
+  std::unique_ptr<passthrough> nic_;
+  token owner_{};
+
+  std::thread thread_;
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  bool pause_req_ = false, paused_ = false, stop_ = false, running_ = false;
+  std::optional<std::string> failure_;
+  std::string console_;
+  struct {
+    std::atomic<std::uint64_t> runs{0}, mmio{0}, mmio_bar0{0}, mmio_other{0}, io{0}, interrupted{0};
+  } exits_;
+  restart_timing timing_;
+};
+
+// CLOCK_MONOTONIC in ns.
+[[nodiscard]] std::uint64_t monotonic_ns() noexcept;
+
+}  // namespace keepalive::minivmm
