@@ -130,7 +130,7 @@ std::vector<std::byte> encode(const vmm_state& s) {
   w.put(s.pause_started_ns);
   w.end();
 
-  std::vector<std::byte> out(header_bytes);
+  std::vector<std::byte> out(header_bytes + w.out.size());
   const std::uint64_t payload = w.out.size();
   const std::uint64_t sum = fnv1a(w.out);
   std::memcpy(out.data(), &state_magic, 8);
@@ -138,7 +138,7 @@ std::vector<std::byte> encode(const vmm_state& s) {
   std::memcpy(out.data() + 12, &w.records, 4);
   std::memcpy(out.data() + 16, &payload, 8);
   std::memcpy(out.data() + 24, &sum, 8);
-  out.insert(out.end(), w.out.begin(), w.out.end());
+  if (!w.out.empty()) std::memcpy(out.data() + header_bytes, w.out.data(), w.out.size());
   return out;
 }
 
