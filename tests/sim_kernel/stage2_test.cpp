@@ -153,6 +153,7 @@ TEST_CASE("a corrupted handover image is refused whole: device reset safely, eve
   h.kexec();
   control ctl{*h.k};
   CHECK(h.k->stats().handover_rejected == 1);
+  CHECK(abi::get_info(*ctl.proc, ctl.fd)->generation == 1);  // counters continue
   CHECK(h.nic().resets == resets + 1);
   auto ev = abi::read_event(*ctl.proc, ctl.fd);
   REQUIRE(ev);

@@ -191,6 +191,14 @@ status kernel_core::adopt_handover(std::span<const std::byte> bytes, std::vector
 
 void kernel_core::refuse_handover(std::span<const std::byte> image, const error& why) {
   ++stats_.handover_rejected;
+  // The counters the image carried still move forward: event sequence numbers
+  // stay strictly increasing across kexec even when the image is refused.
+  if (image.size() >= sizeof(keepalive_handover_hdr_ser)) {
+    keepalive_handover_hdr_ser hdr{};
+    std::memcpy(&hdr, image.data(), sizeof hdr);
+    stats_.generation = std::max<std::uint64_t>(stats_.generation, hdr.generation + 1);
+    event_seq_ = std::max<std::uint64_t>(event_seq_, hdr.event_seq);
+  }
   // Undo any partial adoption: nothing of a refused image is used.
   root_table_ = hpa{0};
   ir_table_ = hpa{0};
