@@ -2,6 +2,7 @@
 #pragma once
 
 #include <doctest/doctest.h>
+#include <linux/vfio_keepalive.h>
 
 #include <chrono>
 #include <memory>
@@ -46,6 +47,30 @@ struct host_fixture {
       std::this_thread::sleep_for(std::chrono::milliseconds{2});
   }
   static void run_for(int ms) { std::this_thread::sleep_for(std::chrono::milliseconds{ms}); }
+  // Wait (bounded) until `pred` holds: the device threads run when the
+  // scheduler lets them, so tests wait for events, not for durations.
+  template <typename Pred>
+  static bool eventually(Pred pred, int max_ms = 2000) {
+    for (int i = 0; i < max_ms / 2; ++i) {
+      if (pred()) return true;
+      run_for(2);
+    }
+    return pred();
+  }
+  // Until the kept-alive device has an interrupt pending (posted or latched
+  // while nobody owned it).
+  bool wait_pending(bdf dev) {
+    auto ctl = k->spawn("ctl");
+    auto fd = ctl->open(VFIO_KEEPALIVE_CTL_PATH, 0);
+    if (!fd) return false;
+    return eventually([&] {
+      auto rows = abi::list_devices(*ctl, *fd);
+      if (!rows) return false;
+      for (const auto& r : *rows)
+        if (r.device == dev && r.nr_pending > 0) return true;
+      return false;
+    });
+  }
 
   std::unique_ptr<platform> plat;
   kernel_config kcfg;

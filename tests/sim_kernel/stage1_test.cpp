@@ -46,7 +46,8 @@ TEST_CASE("stage 1: VMM exits in keepalive, a new VMM reclaims with the token, n
   CHECK(e->nr_vectors == 1);
   a->exit();  // the process is gone (exit or SIGKILL: same path)
   a.reset();
-  h.run_for(20);  // the device keeps streaming into guest RAM, interrupts accumulate in PIR
+  // The device keeps streaming into guest RAM; its interrupt accumulates in PIR.
+  REQUIRE(h.wait_pending(nic0));
 
   vmm b{*h.k, "vmm-b", *h.g, h.layout, h.ram, nic0};
   const auto wrong = *token::parse("00000000-0000-4000-8000-000000000001");
@@ -124,8 +125,8 @@ TEST_CASE("no posted interrupts: enter needs ALLOW_MASKING, then the PBA keeps t
   CHECK(e->mode == abi::irq_mode::masked);
   a->exit();
   a.reset();
-  h.run_for(20);
-  CHECK(h.nic().irqs_masked > 0);
+  REQUIRE(h.wait_pending(nic0));
+  CHECK(host_fixture::eventually([&] { return h.nic().irqs_masked > 0; }));
   vmm b{*h.k, "vmm-b", *h.g, h.layout, h.ram, nic0};
   REQUIRE(b.reclaim(tok));
   h.g->resume();

@@ -267,8 +267,11 @@ errc kernel_core::ka_status(vdev& d, vfio_keepalive_status& r) {
   for (auto& s : d.vectors) {
     if (s.state == fsm::vector_state::free) continue;
     ++n;
-    if (s.state == fsm::vector_state::preserved && (s.latched || (s.pid && desc(*s.pid).pending().test(s.pir_bit))))
-      ++pending;
+    if (s.state != fsm::vector_state::preserved) continue;
+    const unsigned i = static_cast<unsigned>(&s - d.vectors.data());
+    const bool in_pba = s.masked_for_keepalive &&
+                        ((d.fn->mmio_read(0, KA_NIC_MSIX_PBA_OFF + (i / 64u) * 8u, 8) >> (i % 64u)) & 1u) != 0;
+    if (s.latched || in_pba || (s.pid && desc(*s.pid).pending().test(s.pir_bit))) ++pending;
   }
   r.out_nr_vectors = d.state == fsm::device_state::running ? 0 : n;
   r.out_nr_pending = pending;

@@ -22,7 +22,7 @@ namespace keepalive::sim::testing {
 struct guest_layout {
   std::uint64_t ram_bytes = 16ull << 20;   // guest RAM, identity IOVA = GPA
   std::uint64_t ring_gpa = 0x10000;        // descriptor ring
-  std::uint32_t ring_entries = 4096;   // 40 ms at 100k packets/s
+  std::uint32_t ring_entries = 16384;  // 164 ms at 100k packets/s: room for a starved consumer
   std::uint64_t buffers_gpa = 0x100000;    // ring_entries buffers of buffer_bytes
   std::uint32_t buffer_bytes = 256;
   std::uint32_t payload_bytes = 64;
