@@ -190,6 +190,26 @@ status vmm::reclaim(const std::optional<token>& t) {
   return {};
 }
 
+status vmm::fd_handoff() {
+  auto& s = *proc_;
+  vfio_iommu_type1_dma_unmap u{};
+  u.argsz = sizeof u;
+  u.flags = VFIO_DMA_UNMAP_FLAG_VADDR;
+  u.iova = 0;
+  u.size = layout_.ram_bytes;
+  if (auto st = from_rc(s.ioctl(container_, VFIO_IOMMU_UNMAP_DMA, &u), "UNMAP_DMA(VADDR)"); !st) return st;
+  vfio_iommu_type1_dma_map m{};
+  m.argsz = sizeof m;
+  m.flags = VFIO_DMA_MAP_FLAG_VADDR;
+  m.vaddr = ram_.value();
+  m.iova = 0;
+  m.size = layout_.ram_bytes;
+  if (auto st = from_rc(s.ioctl(container_, VFIO_IOMMU_MAP_DMA, &m), "MAP_DMA(VADDR)"); !st) return st;
+  if (vm_ >= 0) (void)s.close(vm_);  // the old VM goes; the new one gets new descriptors
+  vm_ = -1;
+  return connect_vector();
+}
+
 result<abi::enter_reply> vmm::enter_keepalive(const token& t) { return abi::keepalive_enter(*proc_, device_, t); }
 status vmm::leave_keepalive(const token& t) { return abi::keepalive_leave(*proc_, device_, t); }
 

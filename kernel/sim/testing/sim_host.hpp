@@ -74,6 +74,10 @@ class vmm {
   result<abi::enter_reply> enter_keepalive(const token& t);
   status leave_keepalive(const token& t);
   void exit();  // the process dies (closes everything, like SIGKILL)
+  // The fd hand-over way (QEMU CPR), done in place: device fds stay open,
+  // the guest RAM mapping's vaddr is invalidated and re-pointed, the vector
+  // re-wired to a new VM's descriptor. No keepalive state in the kernel.
+  status fd_handoff();
   [[nodiscard]] abi::syscalls& sys() { return *proc_; }
   [[nodiscard]] int device_fd() const noexcept { return device_; }
   [[nodiscard]] int container_fd() const noexcept { return container_; }
