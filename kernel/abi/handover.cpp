@@ -11,21 +11,11 @@
 
 #include <fmt/format.h>
 
+#include "keepalive/crc32c.hpp"
 #include "keepalive_handover.h"
 
 namespace keepalive::handover {
 namespace {
-
-constexpr std::array<std::uint32_t, 256> make_crc32c_table() {
-  std::array<std::uint32_t, 256> t{};
-  for (std::uint32_t i = 0; i < 256; ++i) {
-    std::uint32_t c = i;
-    for (int k = 0; k < 8; ++k) c = (c & 1) ? (c >> 1) ^ 0x82F63B78u : c >> 1;
-    t[i] = c;
-  }
-  return t;
-}
-constexpr auto crc32c_table = make_crc32c_table();
 
 template <std::size_t N>
 void put_compat(char (&dst)[N], std::string_view s) {
@@ -77,11 +67,7 @@ error bad(std::string why) { return error{errc::protocol, "handover image: " + s
 
 }  // namespace
 
-std::uint32_t crc32c(std::span<const std::byte> data) noexcept {
-  std::uint32_t c = ~0u;
-  for (auto b : data) c = crc32c_table[(c ^ static_cast<std::uint8_t>(b)) & 0xff] ^ (c >> 8);
-  return ~c;
-}
+std::uint32_t crc32c(std::span<const std::byte> data) noexcept { return keepalive::crc32c(data); }
 
 std::vector<std::byte> encode(const image& img) {
   writer w;
