@@ -1,3 +1,4 @@
+#include <array>
 #include "keepalive/snapshot.hpp"
 
 #include <unistd.h>
@@ -368,24 +369,26 @@ status write_snapshot(int fd, const snapshot& s) {
 }
 
 result<snapshot> read_snapshot(int fd) {
-  std::vector<std::byte> buf(snapshot_header_bytes);
-  auto fill = [&](std::size_t from) -> status {
-    for (std::size_t at = from; at < buf.size();) {
-      const ssize_t n = ::read(fd, buf.data() + at, buf.size() - at);
+  auto fill = [&](std::span<std::byte> out, std::size_t already) -> status {
+    for (std::size_t at = 0; at < out.size();) {
+      const ssize_t n = ::read(fd, out.data() + at, out.size() - at);
       if (n < 0 && errno == EINTR) continue;
       if (n < 0) return {errc_from_errno(errno), "read snapshot"};
-      if (n == 0) return bad(fmt::format("truncated: end of file after {} bytes", at));
+      if (n == 0) return bad(fmt::format("truncated: end of file after {} bytes", already + at));
       at += static_cast<std::size_t>(n);
     }
     return {};
   };
-  if (auto st = fill(0); !st) return st.err();
+  std::array<std::byte, snapshot_header_bytes> header{};
+  if (auto st = fill(header, 0); !st) return st.err();
   std::uint64_t total = 0;
-  for (int i = 0; i < 8; ++i) total |= std::uint64_t{static_cast<std::uint8_t>(buf[total_offset + i])} << (8 * i);
+  for (int i = 0; i < 8; ++i) total |= std::uint64_t{static_cast<std::uint8_t>(header[total_offset + i])} << (8 * i);
   if (total < snapshot_header_bytes || total > snapshot_max_bytes)
     return bad(fmt::format("header says {} bytes", total));
-  buf.resize(static_cast<std::size_t>(total));
-  if (auto st = fill(snapshot_header_bytes); !st) return st.err();
+  // Sized once: no vector growth (GCC 12 -O3 misreads a resize as out of bounds).
+  std::vector<std::byte> buf(static_cast<std::size_t>(total));
+  std::copy(header.begin(), header.end(), buf.begin());
+  if (auto st = fill(std::span{buf}.subspan(snapshot_header_bytes), snapshot_header_bytes); !st) return st.err();
   return decode_snapshot(buf);
 }
 

@@ -66,7 +66,10 @@ status load_guest(std::span<std::byte> ram, std::span<const std::byte> image, co
   if (auto st = validate(cfg); !st) return st;
   if (ram.size() < cfg.ram_bytes) return {errc::invalid, "RAM mapping smaller than the configured RAM"};
   if (image.empty() || image.size() > MINIVMM_IMAGE_MAX) return {errc::invalid, "guest image size"};
-  std::fill(ram.begin(), ram.begin() + static_cast<std::ptrdiff_t>(cfg.ram_bytes), std::byte{0});
+  // Zero what the guest uses (tables, ring, buffers); the rest stays untouched
+  // so a large RAM file stays sparse.
+  const std::uint64_t used = MINIVMM_BUFFERS_GPA + std::uint64_t{cfg.ring_entries} * cfg.buffer_bytes;
+  std::fill(ram.begin(), ram.begin() + static_cast<std::ptrdiff_t>(used), std::byte{0});
 
   std::memcpy(ram.data() + MINIVMM_IMAGE_GPA, image.data(), image.size());
 

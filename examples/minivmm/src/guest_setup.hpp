@@ -28,7 +28,8 @@ struct guest_config {
 // Checks the layout fits (ring, tables, buffers inside RAM; BAR0 between RAM and the APIC).
 [[nodiscard]] status validate(const guest_config& cfg);
 
-// Writes image, page tables, GDT/TSS and boot info into `ram` (zeroing it first).
+// Writes image, page tables, GDT/TSS and boot info into `ram` (zeroing the
+// part the guest uses first: up to the end of the packet buffers).
 [[nodiscard]] status load_guest(std::span<std::byte> ram, std::span<const std::byte> image, const guest_config& cfg,
                                 std::uint32_t tsc_khz);
 

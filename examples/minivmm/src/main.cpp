@@ -10,6 +10,10 @@
 // keepalive-simd, so two minivmm processes can restart into each other:
 //   minivmm --daemon S --take-over F &   (prepares its VM, then waits for F)
 //   minivmm --daemon S --handover-to F   (boots, streams, hands over to F, exits)
+// --qmp PATH serves the control socket until quit (serve.hpp): with
+// [--ram-mib N] [--keepalive-token UUID] [--x-ignore-shared]
+// [--incoming PATH | --incoming-fd N (exec) | --reclaim-reboot UUID] [--qmp-fd N (exec)].
+// --qmp-call PATH JSON: one request as a client, the reply on stdout.
 // Exit: 0 ok, 1 the run was not clean (with --check), 2 usage or setup error,
 // 77 KVM unavailable (CTest SKIP_RETURN_CODE).
 #include <fcntl.h>
@@ -28,6 +32,8 @@
 
 #include "harness.hpp"
 #include "inproc_host.hpp"
+#include "qmp.hpp"
+#include "serve.hpp"
 #if MINIVMM_WITH_DAEMON
 #include "daemon_link.hpp"
 #endif
@@ -43,6 +49,7 @@ struct cli {
   bool inproc = false, find_rate = false, check = false, quiet = false;
   bool baseline = false;  // inproc host with an unpatched kernel: every restart must be refused, the guest runs on
   std::string daemon, handover_to, take_over;
+  serve_config serve;  // --qmp mode
   std::uint64_t pause_burst = 0;  // packets sent while the device is ownerless (restart drain check)
   std::uint64_t rate = 4000;
   double seconds = 1.5;
@@ -79,6 +86,28 @@ bool parse(int argc, char** argv, cli& c) {
     else if (a == "--daemon" || a == "--handover-to" || a == "--take-over") {
       if (i + 1 >= argc) return false;
       (a == "--daemon" ? c.daemon : a == "--handover-to" ? c.handover_to : c.take_over) = argv[++i];
+    }
+    else if (a == "--qmp" || a == "--incoming") {
+      if (i + 1 >= argc) return false;
+      (a == "--qmp" ? c.serve.qmp_path : c.serve.incoming_path) = argv[++i];
+    }
+    else if (a == "--qmp-fd") { if (!value(c.serve.qmp_fd)) return false; }
+    else if (a == "--incoming-fd") { if (!value(c.serve.incoming_fd)) return false; }
+    else if (a == "--x-ignore-shared") c.serve.ignore_shared = true;
+    else if (a == "--keepalive-token" || a == "--reclaim-reboot") {
+      if (i + 1 >= argc) return false;
+      auto t = token::parse(argv[++i]);
+      if (!t || t->is_nil()) return false;
+      (a == "--keepalive-token" ? c.serve.arm : c.serve.reboot) = *t;
+    }
+    else if (a == "--ram-mib") {
+      std::uint64_t mib = 0;
+      if (!value(mib)) return false;
+      // Up to 3 GiB below the BAR0 window, the rest above 4 GiB.
+      if (mib < 16) return false;
+      const std::uint64_t low = std::min<std::uint64_t>(mib, 3072);
+      c.vm.guest.ram_bytes = low << 20;
+      c.vm.high_ram_bytes = (mib - low) << 20;
     }
     else if (a == "--payload") { if (!value(c.vm.guest.payload_bytes)) return false; }
     else if (a == "--ring") { if (!value(c.vm.guest.ring_entries)) return false; }
@@ -154,17 +183,36 @@ result<trial> try_rate(vmm& v, std::uint64_t rate, double secs, std::uint32_t ri
 }  // namespace
 
 int main(int argc, char** argv) {
+  if (argc == 4 && std::string_view{argv[1]} == "--qmp-call") {
+    // Client: one request, the reply line on stdout; exit 1 on {"error":...}.
+    auto r = qmp_call(argv[2], argv[3], 120'000);
+    if (!r) {
+      fmt::print(stderr, "minivmm: qmp {}: {}\n", argv[2], r.err().message());
+      return exit_usage;
+    }
+    fmt::print("{}\n", *r);
+    return r->rfind("{\"return\"", 0) == 0 ? 0 : exit_unclean;
+  }
   cli c;
   const bool parsed = parse(argc, argv, c);
   const bool cross = !c.handover_to.empty() || !c.take_over.empty();
+  const bool qmp = !c.serve.qmp_path.empty();
+  const bool qmp_only = c.serve.qmp_fd >= 0 || !c.serve.incoming_path.empty() || c.serve.incoming_fd >= 0 ||
+                        c.serve.arm || c.serve.reboot || c.serve.ignore_shared;
+  const bool serve_ok = qmp ? !(cross || c.find_rate || c.restarts > 0 || c.pause_burst > 0 || c.baseline) &&
+                                  !(c.serve.reboot && (!c.serve.incoming_path.empty() || c.serve.incoming_fd >= 0))
+                            : !qmp_only;
   const bool valid = parsed && c.inproc != !c.daemon.empty() && !(!c.handover_to.empty() && !c.take_over.empty()) &&
-                     !((c.pause_burst > 0 || c.baseline) && !c.inproc) && !(cross && c.inproc) && !(c.find_rate && cross);
+                     !((c.pause_burst > 0 || c.baseline) && !c.inproc) && !(cross && c.inproc) && !(c.find_rate && cross) && serve_ok;
   if (!valid) {
     fmt::print(stderr,
                "usage: minivmm (--inproc | --daemon SOCKET) [--rate PPS] [--seconds S] [--restarts N] [--find-rate]\n"
                "               [--payload N] [--ring N] [--mod-pkts N] [--mod-usec N] [--verify tables|reference]\n"
                "               [--pause-burst N | --baseline (inproc)] [--handover-to PATH | --take-over PATH (daemon)]\n"
-               "               [--check] [--quiet]\n");
+               "               [--check] [--quiet]\n"
+               "       minivmm (--daemon SOCKET | --inproc) --qmp PATH [--rate PPS] [--ram-mib N] [--keepalive-token UUID]\n"
+               "               [--x-ignore-shared] [--incoming PATH | --reclaim-reboot UUID]\n"
+               "       minivmm --qmp-call PATH JSON\n");
     return exit_usage;
   }
 #if !MINIVMM_WITH_DAEMON
@@ -186,7 +234,7 @@ int main(int argc, char** argv) {
   c.vm.nic = inproc_host::nic0();
   if (c.inproc) {
     inproc_config hc;
-    hc.guest_area_bytes = c.vm.guest.ram_bytes;
+    hc.guest_area_bytes = c.vm.guest.ram_bytes + c.vm.high_ram_bytes;
     hc.baseline = c.baseline;
     auto h = inproc_host::create(hc);
     if (!h) {
@@ -215,6 +263,12 @@ int main(int argc, char** argv) {
     return exit_usage;
   }
   std::unique_ptr<vmm> v = std::move(*first);
+  if (qmp) {
+    c.serve.rate = c.rate;
+    c.serve.can_exec = !c.daemon.empty();
+    c.serve.argv.assign(argv, argv + argc);
+    return serve(std::move(v), c.serve, image);
+  }
   if (!c.take_over.empty()) {
     // The other VMM process runs the guest; this one is prepared and waits
     // for its state (a FIFO blocks here until the old VMM writes it).

@@ -23,7 +23,10 @@ status from_rc(long rc, const char* what) {
 }  // namespace
 
 passthrough::~passthrough() {
-  for (int* fd : {&kvm_, &device_, &group_, &container_})
+  // The device first: in keepalive its close preserves the posted descriptor
+  // (and its irqfd routing) BEFORE the VM file's close would drop the irqfds of
+  // a descriptor the device still posts into (a lost, "spurious" interrupt).
+  for (int* fd : {&device_, &group_, &container_, &kvm_})
     if (*fd >= 0) (void)sys_.close(*fd);
 }
 
@@ -44,6 +47,10 @@ status passthrough::open(const std::optional<token>& t, std::uint64_t dma_vaddr,
   const long fd = sys_.ioctl(group_, VFIO_GROUP_GET_DEVICE_FD, name.data());
   if (fd < 0) return from_rc(fd, t ? "VFIO_GROUP_GET_DEVICE_FD (reclaim)" : "VFIO_GROUP_GET_DEVICE_FD");
   device_ = static_cast<int>(fd);
+  return map_dma(dma_vaddr, iova, bytes);
+}
+
+status passthrough::map_dma(std::uint64_t dma_vaddr, std::uint64_t iova, std::uint64_t bytes) {
   vfio_iommu_type1_dma_map map{};
   map.argsz = sizeof map;
   map.flags = VFIO_DMA_MAP_FLAG_READ | VFIO_DMA_MAP_FLAG_WRITE;
@@ -62,6 +69,14 @@ status passthrough::enable() {
   if (auto r = sys_.pwrite(device_, std::as_bytes(std::span{&cmd, 1}), region_offset(VFIO_PCI_CONFIG_REGION_INDEX) + 4); !r)
     return r.err();
   return {};
+}
+
+result<std::uint16_t> passthrough::pci_command() {
+  std::uint16_t cmd = 0;
+  if (auto r = sys_.pread(device_, std::as_writable_bytes(std::span{&cmd, 1}), region_offset(VFIO_PCI_CONFIG_REGION_INDEX) + 4);
+      !r)
+    return r.err();
+  return cmd;
 }
 
 status passthrough::connect_vector(const vector_route& r, int eventfd, apic_id host_cpu) {

@@ -35,6 +35,8 @@ class passthrough {
   // preserved domain without touching its tables.
   [[nodiscard]] status open(const std::optional<token>& t, std::uint64_t dma_vaddr, std::uint64_t iova,
                             std::uint64_t bytes);
+  // One more DMA range in the same container (IOVA = GPA).
+  [[nodiscard]] status map_dma(std::uint64_t dma_vaddr, std::uint64_t iova, std::uint64_t bytes);
   // Memory Space + Bus Master (cold start only: a reclaimed device keeps them).
   [[nodiscard]] status enable();
   // VFIO_DEVICE_SET_IRQS(MSI-X, index) -> eventfd, then posting of that vector
@@ -48,6 +50,7 @@ class passthrough {
   [[nodiscard]] result<abi::enter_reply> keepalive_enter(const token& t);
   [[nodiscard]] status keepalive_leave(const token& t);
 
+  [[nodiscard]] result<std::uint16_t> pci_command();
   [[nodiscard]] status bar0_write(std::uint64_t offset, unsigned size, std::uint64_t value);
   [[nodiscard]] result<std::uint64_t> bar0_read(std::uint64_t offset, unsigned size);
 

@@ -44,8 +44,9 @@ result<std::unique_ptr<vmm>> vmm::prepare(std::unique_ptr<host_link> host, const
   if (auto st = validate(opt.guest); !st) return st.err();
   std::unique_ptr<vmm> v{new vmm{std::move(host), opt}};
   auto& h = *v->host_;
-  const std::uint64_t bytes = opt.guest.ram_bytes;
-  if (opt.ram_slice % (2ull << 20) != 0 || opt.ram_slice + bytes > h.guest_area_bytes())
+  const std::uint64_t bytes = opt.guest.ram_bytes + opt.high_ram_bytes;
+  if (opt.ram_slice % (2ull << 20) != 0 || opt.high_ram_bytes % (2ull << 20) != 0 ||
+      opt.ram_slice + bytes > h.guest_area_bytes())
     return error{errc::invalid, fmt::format("guest RAM slice {:#x}+{:#x} outside the host's guest area", opt.ram_slice, bytes)};
 
   auto vm = kvm_vm::create();
@@ -54,7 +55,10 @@ result<std::unique_ptr<vmm>> vmm::prepare(std::unique_ptr<host_link> host, const
   auto ram = h.map_ram(h.guest_area_offset() + opt.ram_slice, bytes);
   if (!ram) return ram.err();
   v->ram_ = *ram;
-  if (auto st = v->vm_->map_memory(0, 0, v->ram_, bytes); !st) return st.err();
+  if (auto st = v->vm_->map_memory(0, 0, v->ram_, opt.guest.ram_bytes); !st) return st.err();
+  if (opt.high_ram_bytes > 0)
+    if (auto st = v->vm_->map_memory(1, high_ram_gpa, v->ram_ + opt.guest.ram_bytes, opt.high_ram_bytes); !st)
+      return st.err();
   auto vcpu = v->vm_->create_vcpu(0);
   if (!vcpu) return vcpu.err();
   v->vcpu_ = std::move(*vcpu);
@@ -77,7 +81,7 @@ vmm::~vmm() {
   nic_.reset();
   vcpu_.reset();
   vm_.reset();
-  if (ram_ != nullptr) host_->unmap_ram(ram_, opt_.guest.ram_bytes);
+  if (ram_ != nullptr) host_->unmap_ram(ram_, opt_.guest.ram_bytes + opt_.high_ram_bytes);
   host_->exit();
 }
 
@@ -95,6 +99,7 @@ status vmm::boot(std::span<const std::byte> image) {
   auto dev = std::make_unique<passthrough>(h.sys(), opt_.nic);
   const std::uint64_t phys = h.guest_area_offset() + opt_.ram_slice;
   if (auto st = dev->open(std::nullopt, h.dma_vaddr(phys, ram_), 0, opt_.guest.ram_bytes); !st) return st;
+  if (auto st = map_high_ram(*dev); !st) return st;
   if (auto st = dev->enable(); !st) return st;
   if (auto st = dev->connect_vector(opt_.route, irq_eventfd_.get(), h.host_cpu()); !st) return st;
   nic_ = std::move(dev);
@@ -110,10 +115,16 @@ result<vmm_state> vmm::handover(const token& t) {
   const std::uint64_t stopped = monotonic_ns();
   timing_.stop_ns = stopped - s.pause_started_ns;
 
-  auto e = nic_->keepalive_enter(t);
-  if (!e) {
+  if (armed_ && *armed_ != t) {
     resume_vcpu();
-    return e.err();
+    return error{errc::invalid, "keepalive is armed with another token"};
+  }
+  if (!armed_) {
+    auto e = nic_->keepalive_enter(t);
+    if (!e) {
+      resume_vcpu();
+      return e.err();
+    }
   }
   const std::uint64_t entered = monotonic_ns();
   timing_.enter_ns = entered - stopped;
@@ -121,7 +132,7 @@ result<vmm_state> vmm::handover(const token& t) {
   // irqfd flushes an injection still in flight, so the LAPIC saved below has it.
   auto call_off = [&](const error& why) -> error {
     // The restart is called off: the device leaves keepalive, the guest runs on.
-    (void)nic_->keepalive_leave(t);
+    if (!armed_) (void)nic_->keepalive_leave(t);
     (void)vm_->irqfd(irq_eventfd_.get(), opt_.route.gsi, true);
     resume_vcpu();
     return why;
@@ -139,6 +150,7 @@ result<vmm_state> vmm::handover(const token& t) {
   // Closing the device (container, group, device fd) preserves it: the next
   // VMM can reclaim it now, while this one still tears its VM down.
   nic_.reset();
+  armed_.reset();
   timing_.release_ns = monotonic_ns() - saved;
   s.ram_phys_offset = host_->guest_area_offset() + opt_.ram_slice;
   s.tsc_khz = tsc_khz_;
@@ -170,6 +182,7 @@ status vmm::take_over(const vmm_state& s) {
   auto& h = *host_;
   auto dev = std::make_unique<passthrough>(h.sys(), d.device);
   if (auto st = dev->open(d.owner, h.dma_vaddr(s.ram_phys_offset, ram_), 0, s.guest.ram_bytes); !st) return st;
+  if (auto st = map_high_ram(*dev); !st) return st;
   // Reconnecting drains what was posted while nobody owned the device into our
   // eventfd: the irqfd injects it into the LAPIC restored above.
   if (auto st = dev->connect_vector(d.route, irq_eventfd_.get(), h.host_cpu()); !st) return st;
@@ -184,6 +197,73 @@ status vmm::take_over(const vmm_state& s) {
   if (auto st = start_vcpu(); !st) return st;
   timing_.pause_ns = monotonic_ns() - s.pause_started_ns;
   return {};
+}
+
+status vmm::reboot_reclaim(std::span<const std::byte> image, const token& t) {
+  if (nic_ || running_) return {errc::busy, "already running a guest"};
+  auto& h = *host_;
+  const std::uint64_t phys = h.guest_area_offset() + opt_.ram_slice;
+  auto dev = std::make_unique<passthrough>(h.sys(), opt_.nic);
+  if (auto st = dev->open(t, h.dma_vaddr(phys, ram_), 0, opt_.guest.ram_bytes); !st) return st;
+  if (auto st = map_high_ram(*dev); !st) return st;
+  // The dead guest's ring is about to be overwritten: stop receiving first
+  // (the driver's own CTRL write, as the rebooted guest does; no reset).
+  if (auto st = dev->bar0_write(KA_NIC_CTRL, 8, 0); !st) return st;
+  // The link partner holds the wire until the guest runs (the caller sets the
+  // rate again): a driver reading NEXT_SEQ while packets are dropped in front
+  // of its CTRL.ENABLE would start one sequence number late.
+  if (auto st = dev->bar0_write(KA_NIC_RATE_PPS, 8, 0); !st) return st;
+  const std::span<std::byte> ram{ram_, static_cast<std::size_t>(opt_.guest.ram_bytes)};
+  if (auto st = load_guest(ram, image, opt_.guest, tsc_khz_); !st) return st;
+  auto sregs = vcpu_->get_sregs();
+  if (!sregs) return sregs.err();
+  initial_sregs(*sregs);
+  if (auto st = vcpu_->set_sregs(*sregs); !st) return st;
+  if (auto st = vcpu_->set_regs(initial_regs()); !st) return st;
+  if (auto st = dev->connect_vector(opt_.route, irq_eventfd_.get(), h.host_cpu()); !st) return st;
+  if (auto st = dev->keepalive_leave(t); !st) return st;
+  nic_ = std::move(dev);
+  return start_vcpu();
+}
+
+status vmm::map_high_ram(passthrough& dev) {
+  if (opt_.high_ram_bytes == 0) return {};
+  const std::uint64_t phys = host_->guest_area_offset() + opt_.ram_slice + opt_.guest.ram_bytes;
+  return dev.map_dma(host_->dma_vaddr(phys, ram_ + opt_.guest.ram_bytes), high_ram_gpa, opt_.high_ram_bytes);
+}
+
+status vmm::arm_keepalive(const token& t) {
+  if (!nic_) return {errc::busy, "no device"};
+  if (t.is_nil()) return {errc::invalid, "nil token"};
+  if (armed_) {
+    if (*armed_ == t) return {};
+    if (auto st = nic_->keepalive_leave(*armed_); !st) return st;
+    armed_.reset();
+  }
+  auto e = nic_->keepalive_enter(t);
+  if (!e) return e.err();
+  armed_ = t;
+  return {};
+}
+
+status vmm::disarm_keepalive() {
+  if (!nic_) return {errc::busy, "no device"};
+  if (!armed_) return {};
+  if (auto st = nic_->keepalive_leave(*armed_); !st) return st;
+  armed_.reset();
+  return {};
+}
+
+std::optional<token> vmm::armed_token() const { return armed_; }
+
+result<abi::device_status> vmm::device_status() {
+  if (!nic_) return error{errc::busy, "no device"};
+  return abi::keepalive_status(host_->sys(), nic_->device_fd());
+}
+
+result<std::uint16_t> vmm::pci_command() {
+  if (!nic_) return error{errc::busy, "no device"};
+  return nic_->pci_command();
 }
 
 status vmm::set_rate(std::uint64_t pps) {

@@ -34,6 +34,10 @@ struct vmm_options {
   guest_config guest;
   bdf nic{0, 0, 4, 0};
   std::uint64_t ram_slice = 0;  // offset of this VM's RAM inside the host's guest area
+  // RAM above 4 GiB (GPA/IOVA high_ram_gpa..), right after the low RAM in the
+  // physical-memory file; the guest does not touch it (it exists, is mapped
+  // in KVM and in the IOMMU: what a large guest costs a restart).
+  std::uint64_t high_ram_bytes = 0;
   vector_route route;
   bool echo_guest_console = true;
 };
@@ -73,16 +77,32 @@ class vmm {
   [[nodiscard]] result<vmm_state> handover(const token& t);
   // New side of a restart (after the old VMM exited).
   [[nodiscard]] status take_over(const vmm_state& s);
+  // After its owner died (no state to restore): reclaim the device with the
+  // token, quiesce its receive path (CTRL, not a reset), boot the guest again
+  // on the same RAM; its driver re-initialises the ring.
+  [[nodiscard]] status reboot_reclaim(std::span<const std::byte> image, const token& t);
+
+  // The talk's QMP set-keepalive: the device is KEPT_ALIVE while this VMM owns
+  // it, so its death or exit leaves it OWNERLESS (never reset). handover()
+  // then uses this token.
+  [[nodiscard]] status arm_keepalive(const token& t);
+  [[nodiscard]] status disarm_keepalive();
+  [[nodiscard]] std::optional<token> armed_token() const;
+  [[nodiscard]] result<abi::device_status> device_status();
+  [[nodiscard]] bool has_device() const noexcept { return nic_ != nullptr; }
 
   // The NIC through this VMM's device fd (the harness is the link partner).
   [[nodiscard]] status set_rate(std::uint64_t pps);
   [[nodiscard]] result<std::uint64_t> nic_reg(std::uint64_t offset);
+  // PCI command register of the device (Bus Master is bit 2).
+  [[nodiscard]] result<std::uint16_t> pci_command();
 
   // The guest's counters page (read while the guest runs: each word atomic).
   [[nodiscard]] minivmm_counters counters() const;
   // Restart the guest's largest-interrupt-gap measurement.
   void bump_gap_epoch();
   [[nodiscard]] std::uint32_t tsc_khz() const noexcept { return tsc_khz_; }
+  [[nodiscard]] std::uint64_t ram_bytes() const noexcept { return opt_.guest.ram_bytes + opt_.high_ram_bytes; }
   [[nodiscard]] exit_stats exits() const;
   [[nodiscard]] const restart_timing& timing() const noexcept { return timing_; }
   // Set when the vCPU loop stopped on its own (shutdown, internal error).
@@ -92,6 +112,7 @@ class vmm {
  private:
   vmm(std::unique_ptr<host_link> host, const vmm_options& opt) : host_{std::move(host)}, opt_{opt} {}
   status start_vcpu();
+  status map_high_ram(passthrough& dev);
   void pause_vcpu();
   void resume_vcpu();
   void stop_vcpu();
@@ -110,6 +131,7 @@ class vmm {
   std::uint32_t tsc_khz_ = 0;
   std::unique_ptr<passthrough> nic_;
   token owner_{};
+  std::optional<token> armed_;
 
   std::thread thread_;
   mutable std::mutex mu_;
@@ -122,6 +144,8 @@ class vmm {
   } exits_;
   restart_timing timing_;
 };
+
+inline constexpr std::uint64_t high_ram_gpa = 4ull << 30;
 
 // CLOCK_MONOTONIC in ns.
 [[nodiscard]] std::uint64_t monotonic_ns() noexcept;

@@ -189,7 +189,9 @@ void nic::set_rate(std::uint64_t pps) {
 std::uint64_t nic::mmio_read(unsigned bar, std::uint64_t offset, unsigned size) {
   if (bar != 0 || (size != 4 && size != 8) || offset % size != 0 || offset + size > KA_NIC_BAR0_SIZE)
     return all_ones(size == 8 ? 8 : 4);
+  mmio_waiting_.fetch_add(1, std::memory_order_relaxed);
   std::lock_guard lk{mu_};
+  mmio_waiting_.fetch_sub(1, std::memory_order_relaxed);
   if ((command() & pci::command_memory_space) == 0) return all_ones(size);  // unsupported request
   const unsigned shift = static_cast<unsigned>(offset % 8) * 8;
   const std::uint64_t qword = offset & ~std::uint64_t{7};
@@ -211,7 +213,9 @@ std::uint64_t nic::mmio_read(unsigned bar, std::uint64_t offset, unsigned size) 
 void nic::mmio_write(unsigned bar, std::uint64_t offset, unsigned size, std::uint64_t value) {
   if (bar != 0 || (size != 4 && size != 8) || offset % size != 0 || offset + size > KA_NIC_BAR0_SIZE) return;
   {
+    mmio_waiting_.fetch_add(1, std::memory_order_relaxed);
     std::unique_lock lk{mu_};
+    mmio_waiting_.fetch_sub(1, std::memory_order_relaxed);
     if ((command() & pci::command_memory_space) == 0) return;  // unsupported request: dropped
     const unsigned shift = static_cast<unsigned>(offset % 8) * 8;
     const std::uint64_t qword = offset & ~std::uint64_t{7};
@@ -374,6 +378,13 @@ void nic::generate_due(std::unique_lock<std::mutex>& lk, clock::time_point now) 
   const auto start = sched_start_;
   while (n > 0) {
     if (writers_waiting_ != 0) idle_cv_.wait(lk, [this] { return writers_waiting_ == 0; });
+    if (mmio_waiting_.load(std::memory_order_relaxed) != 0) {
+      // A driver is waiting for the lock (a TAIL doorbell, most often): let it
+      // in between packets, or a catch-up batch starves it and the ring fills.
+      lk.unlock();
+      std::this_thread::yield();
+      lk.lock();
+    }
     if (stop_ || rate_pps_ == 0 || sched_start_ != start) return;  // rate rewritten: new schedule
     --n;
     const std::uint64_t seq = next_seq_++;

@@ -86,6 +86,7 @@ class nic final : public pci_function {
   std::condition_variable cv_;       // device thread: register writes, stop
   std::condition_variable idle_cv_;  // writers: in-flight DMA finished
   std::atomic<std::uint64_t> resets_{0};
+  std::atomic<int> mmio_waiting_{0};  // drivers waiting for mu_: the device thread yields to them
   bool stop_ = false;
   bool wake_ = false;
   bool in_flight_ = false;  // the device thread is doing DMA outside mu_
