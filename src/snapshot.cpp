@@ -18,7 +18,6 @@ namespace {
 
 constexpr std::size_t checksum_offset = 4;
 constexpr std::size_t total_offset = 8;
-constexpr std::size_t compat_offset = 16;
 constexpr std::size_t compat_bytes = 32;
 constexpr std::size_t device_bytes = 16;
 constexpr std::size_t vector_bytes = 8;

@@ -25,12 +25,7 @@
 #include "keepalive/types.hpp"
 #include "kernel.hpp"
 #include "sim_uapi.h"
-
-namespace keepalive::abi {
-KEEPALIVE_IOCTL_TRAITS(ka_sim_pid, KA_SIM_CREATE_PID, KEEPALIVE_OFFSETOFEND(ka_sim_pid, out_pid_hpa), 0u, ((void)v, true))
-KEEPALIVE_IOCTL_TRAITS(ka_sim_irq_bypass, KA_SIM_IRQ_BYPASS, KEEPALIVE_OFFSETOFEND(ka_sim_irq_bypass, __reserved),
-                       KA_SIM_BYPASS_DISCONNECT, v.__reserved == 0)
-}  // namespace keepalive::abi
+#include "sim_uapi_traits.hpp"
 
 namespace keepalive::sim {
 
@@ -246,6 +241,7 @@ class kernel_core {
   long set_irqs(vdev& d, vfio_irq_set& hdr, std::span<const std::int32_t> fds);
   long bypass(int pid, file& vm, const ka_sim_irq_bypass& req);
   void close_file(file& f);
+  void drop_container(std::shared_ptr<file>& c);
 
   // keepalive
   errc ka_enter(vdev& d, vfio_keepalive_enter& r);

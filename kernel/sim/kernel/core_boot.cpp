@@ -104,22 +104,33 @@ status kernel_core::adopt_handover(std::span<const std::byte> bytes, std::vector
   std::set<std::uint16_t> kept_irtes;
   for (const auto& rec : img->devices) {
     vdev* d = find_dev(rec.device);
-    kept_sids.insert(rec.device.source_id());
     if (!d) {
       queue_event(VFIO_KEEPALIVE_EVENT_ENUM_FAILED, rec.device, ENODEV, 0);
       continue;  // its IRTEs and context entry are cleared below
     }
+    kept_sids.insert(rec.device.source_id());
     auto dom = std::make_shared<domain_obj>();
     dom->did = rec.did;
     dom->levels = rec.levels;
     dom->root = rec.sl_root;
     dom->state = fsm::domain_state::preserved;
     dom->attached = 1;
+    // Walk the second-level tables, checking each table is handed over
+    // BEFORE reading it: the image is validated, its pointers are not trusted.
     bool tables_ok = true;
-    hw::for_each_table(mem_, dom->root, dom->levels, [&](hpa t, unsigned) {
-      tables_ok = tables_ok && is_handed(t);
-      dom->pages.push_back(t);
-    });
+    auto walk = [&](auto& self, hpa table, unsigned level) -> void {
+      if (!tables_ok || (table.value() & (page_size - 1)) != 0 || !is_handed(table)) {
+        tables_ok = false;
+        return;
+      }
+      dom->pages.push_back(table);
+      if (level == 1) return;
+      for (std::size_t i = 0; i < hw::pt_entries && tables_ok; ++i) {
+        const auto e = hw::sl_pte::from_raw(mem_.load64(table + i * hw::pte_bytes));
+        if (e.present() && !e.is_leaf(level)) self(self, e.address(), level - 1);
+      }
+    };
+    walk(walk, dom->root, dom->levels);
     if (!tables_ok) return {errc::protocol, fmt::format("handover image: {} page tables not handed over", rec.device.to_string())};
     const auto ctx = hw::resolve_context(mem_, root_table_, rec.device);
     if (!ctx || ctx->entry.slptptr() != dom->root || ctx->entry.domain_id() != dom->did)
@@ -177,7 +188,7 @@ status kernel_core::adopt_handover(std::span<const std::byte> bytes, std::vector
   for (auto& [bus, table] : context_tables_)
     for (unsigned devfn = 0; devfn < hw::context_entries; ++devfn) {
       const std::uint16_t sid = static_cast<std::uint16_t>(bus << 8 | devfn);
-      if (kept_sids.count(sid) && find_dev(bdf::from_packed(sid))) continue;
+      if (kept_sids.count(sid)) continue;
       hw::write_entry128(mem_, table + devfn * hw::context_entry_bytes, {0, 0});
     }
   for (std::size_t i = 0; i < hw::ir_table_max_entries; ++i)

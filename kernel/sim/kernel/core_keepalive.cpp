@@ -424,6 +424,8 @@ errc kernel_core::ka_event(vfio_keepalive_event& r) {
 errc kernel_core::ka_reset(vfio_keepalive_reset& r) {
   vdev* d = find_dev(bdf::from_packed(r.bdf));
   if (!d) return errc::not_found;
+  // Only the reset arcs: KEPT_ALIVE/RECLAIMED -> RUNNING are the owner's "leave".
+  if (d->state == fsm::device_state::kept_alive || d->state == fsm::device_state::reclaimed) return errc::busy;
   if (const errc e = fsm::check(d->state, fsm::device_state::running); e != errc::ok) return e;
   forget_keepalive(*d);
   d->state = fsm::device_state::running;

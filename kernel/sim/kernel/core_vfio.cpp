@@ -83,6 +83,13 @@ void kernel_core::exit_process(int pid) {
   reap_pids();
 }
 
+// A container's teardown runs when its last reference goes, whoever holds it:
+// the fd table, a group, or a device opened through it.
+void kernel_core::drop_container(std::shared_ptr<file>& c) {
+  if (c && c.use_count() == 1) close_file(*c);
+  c.reset();
+}
+
 void kernel_core::close_file(file& f) {
   switch (f.kind) {
     case file_kind::device: {
@@ -93,7 +100,7 @@ void kernel_core::close_file(file& f) {
         preserve_device(d);
       else if (d.state == running)
         release_device(d);
-      f.container.reset();
+      drop_container(f.container);
       break;
     }
     case file_kind::container:
@@ -112,7 +119,7 @@ void kernel_core::close_file(file& f) {
       f.pids.clear();
       break;
     case file_kind::group:
-      f.container.reset();
+      drop_container(f.container);
       break;
     case file_kind::control:
       break;
@@ -303,7 +310,7 @@ long kernel_core::group_ioctl(int pid, file& g, unsigned long cmd, void* arg) {
     }
     case VFIO_GROUP_UNSET_CONTAINER:
       if (!g.container) return neg(errc::invalid);
-      g.container.reset();
+      drop_container(g.container);
       return 0;
     case VFIO_GROUP_GET_DEVICE_FD: {
       const std::string_view name{static_cast<const char*>(arg)};
