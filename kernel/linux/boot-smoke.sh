@@ -41,6 +41,8 @@ cat >"$root/init" <<'EOF'
 /bin/busybox grep -q '^devtmpfs /dev ' /proc/mounts || /bin/busybox mount -t devtmpfs devtmpfs /dev
 exec </dev/console >/dev/console 2>&1
 /bin/busybox --install -s
+# Kernel messages stay in the ring buffer (dumped at the end), out of the report lines.
+dmesg -n 1
 mount -t sysfs sysfs /sys
 mount -t debugfs debugfs /sys/kernel/debug
 mount -t tmpfs tmpfs /tmp

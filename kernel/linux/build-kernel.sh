@@ -3,6 +3,12 @@
 # tinyconfig + config.fragment + patches/*.patch -> bzImage.
 # stdout: the bzImage path only (last line). Everything else goes to stderr.
 #
+#   build-kernel.sh              the patched kernel
+#   build-kernel.sh --pristine   the same kernel without patches/*.patch (the
+#                                baseline): its own source worktree and build
+#                                directory, fragment lines for symbols that
+#                                only the patches add are left out
+#
 # Environment:
 #   KEEPALIVE_KERNEL_CACHE    cache root (default /var/cache/keepalive-kernel)
 #   KEEPALIVE_KERNEL_JOBS     make -j (default 2)
@@ -18,6 +24,13 @@ SUITE=trixie-backports
 KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
 FRAGMENT=$HERE/config.fragment
 PATCH_DIR=$HERE/patches
+PRISTINE=0
+LATEST=bzImage  # images/$LATEST -> the newest image of this variant
+case "${1:-}" in
+    --pristine) PRISTINE=1 LATEST=bzImage-pristine ;;
+    "") ;;
+    *) echo "usage: $0 [--pristine]" >&2; exit 2 ;;
+esac
 PACKAGES=(qemu-system-x86 qemu-utils busybox-static kexec-tools cpio flex bison
           libelf-dev bc dwarves kmod libssl-dev xz-utils gcc make git perl)
 
@@ -148,6 +161,37 @@ ensure_pristine_tree() {
     git_q "$src" rev-parse HEAD >"$src.pristine"
 }
 
+# The baseline's source: a worktree of the main tree's git repository at the pristine commit.
+ensure_pristine_worktree() {
+    local main=$1 wt=$2
+    [[ -e $wt/.git ]] && return
+    log "adding worktree $wt at the pristine commit"
+    rm -rf "$wt"
+    git_q "$main" worktree prune
+    git_q "$main" worktree add -q --detach "$wt" "$(cat "$main.pristine")"
+    cp "$main.pristine" "$wt.pristine"
+}
+
+# Fragment lines whose symbol the (unpatched) tree does not define are dropped.
+fragment_for_tree() {
+    local src=$1 out=$2 line sym
+    local -A defined=()
+    while read -r sym; do defined[$sym]=1; done < <(
+        grep -rhs --include='Kconfig*' -E '^[[:space:]]*(menu)?config [A-Za-z0-9_]+[[:space:]]*$' "$src" |
+            awk '{ print $2 }')
+    : >"$out"
+    while IFS= read -r line; do
+        sym=
+        if [[ $line =~ ^CONFIG_([A-Za-z0-9_]+)= ]]; then sym=${BASH_REMATCH[1]}
+        elif [[ $line =~ ^#\ CONFIG_([A-Za-z0-9_]+)\ is\ not\ set$ ]]; then sym=${BASH_REMATCH[1]}; fi
+        if [[ -n $sym && -z ${defined[$sym]:-} ]]; then
+            log "pristine: dropping '$line' (defined by the patches)"
+            continue
+        fi
+        printf '%s\n' "$line" >>"$out"
+    done <"$FRAGMENT"
+}
+
 # Bring the tree to pristine + patches; "$src.applied" holds the resulting git tree id.
 ensure_patched_tree() {
     local src=$1 patches=("${@:2}") want_state
@@ -214,7 +258,7 @@ main() {
 
     local patches=()
     shopt -s nullglob
-    patches=("$PATCH_DIR"/*.patch)
+    ((PRISTINE)) || patches=("$PATCH_DIR"/*.patch)
     shopt -u nullglob
     if ((${#patches[@]})); then
         mapfile -t patches < <(printf '%s\n' "${patches[@]}" | LC_ALL=C sort)
@@ -227,19 +271,29 @@ main() {
         echo "fragment $(sha256sum <"$FRAGMENT")"
         echo "script $(sha256sum <"${BASH_SOURCE[0]}")"
         echo "gcc $(gcc --version | head -n1)"
+        if ((PRISTINE)); then echo "variant pristine"; fi
     } | sha256sum | cut -c1-16)
     local image=$CACHE/images/bzImage-$key
     if [[ -f $image ]]; then
         log "cache hit ($SRC_PKG $deb_ver, key $key)"
-        ln -sfn "bzImage-$key" "$CACHE/images/bzImage"
+        ln -sfn "bzImage-$key" "$CACHE/images/$LATEST"
         echo "$image"
         return
     fi
 
     local src=$CACHE/src/$SRC_PKG-$deb_ver out=$CACHE/build/$SRC_PKG-$deb_ver
-    mkdir -p "$CACHE/src" "$out" "$CACHE/images"
+    mkdir -p "$CACHE/src" "$CACHE/images"
     ensure_pristine_tree "$deb" "$src"
+    if ((PRISTINE)); then
+        ensure_pristine_worktree "$src" "$src-pristine"
+        src=$src-pristine out=$out-pristine
+    fi
+    mkdir -p "$out"
     ensure_patched_tree "$src" "${patches[@]}"
+    if ((PRISTINE)); then
+        fragment_for_tree "$src" "$out/config.fragment"
+        FRAGMENT=$out/config.fragment
+    fi
 
     KBUILD_BUILD_TIMESTAMP=$(source_date "$deb") || die "cannot read the source date of $deb"
     export KBUILD_BUILD_TIMESTAMP KBUILD_BUILD_USER=keepalive \
@@ -261,7 +315,7 @@ main() {
     cp "$out/.config" "$CACHE/images/config-$key"
     cp "$out/System.map" "$CACHE/images/System.map-$key"
     mv "$image.tmp" "$image"
-    ln -sfn "bzImage-$key" "$CACHE/images/bzImage"
+    ln -sfn "bzImage-$key" "$CACHE/images/$LATEST"
     echo "$image"
 }
 

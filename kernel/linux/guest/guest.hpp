@@ -1,0 +1,43 @@
+// The guest test program's scenarios and its report format: one line per
+// observation, "KA: <scenario>.<key>=<value>", parsed by kernel/linux/test.sh.
+#pragma once
+
+#include <fcntl.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+#include <fmt/format.h>
+
+#include "vfio_edu.hpp"
+
+namespace ka_guest {
+
+template <typename V>
+void report(std::string_view scenario, std::string_view key, const V& value) {
+  fmt::print("KA: {}.{}={}\n", scenario, key, value);
+}
+inline std::string hex(std::uint64_t v) { return fmt::format("{:#x}", v); }
+// -errno of a failed keepalive::abi call, 0 on success (the report's convention).
+template <typename R>
+int rc_of(const R& r) {
+  return r ? 0 : -r.err().errno_value();
+}
+// Reports "<key>_failed=<rc>" and returns 1 (a child's exit status).
+inline int fail(std::string_view scenario, std::string_view key, int rc = -1) {
+  report(scenario, fmt::format("{}_failed", key), rc);
+  return 1;
+}
+
+// patched: the kernel has the keepalive patches (else: baseline expectations).
+int run_stage1(bool patched, bool fidelity);
+int run_conformance();
+int run_unowned_fault();
+int run_unbind();
+int run_cdev();
+// Reads Linux's own VT-d tables from /dev/mem and checks them against debugfs
+// and against the buffer mapped at iova (its pages' physical addresses).
+int run_fidelity(const edu_location& loc, const std::uint8_t* buf, std::uint64_t iova, std::size_t bytes);
+
+}  // namespace ka_guest

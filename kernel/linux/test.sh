@@ -1,0 +1,331 @@
+#!/usr/bin/env bash
+# The keepalive real-kernel test: boots the patched 7.3 kernel and the pristine
+# one (baseline) under QEMU/TCG (q35 + intel-iommu with interrupt remapping +
+# edu) and runs the guest test program kernel/linux/guest/ka_guest in each:
+#   patched:  conformance, stage1 (fidelity check while ownerless), unowned-fault,
+#             unbind, cdev
+#   baseline: stage1 --baseline (the same flow on an unpatched kernel)
+# README.md describes every scenario and JSON field.
+# Prints a readable report; the LAST stdout line is one JSON object. Exit 0 iff
+# stage1 passes, the baseline detects the loss and nothing failed.
+#
+# Environment:
+#   KEEPALIVE_KERNEL_IMAGE     patched bzImage (default: build-kernel.sh)
+#   KEEPALIVE_BASELINE_IMAGE   pristine bzImage (default: build-kernel.sh --pristine)
+#   KEEPALIVE_BOOT_TIMEOUT     seconds per boot (default 180)
+#   KEEPALIVE_KERNEL_CACHE     as for build-kernel.sh; serial logs are kept there
+#   KEEPALIVE_TEST_SKIP_BASELINE=1   boot only the patched kernel
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+CACHE=${KEEPALIVE_KERNEL_CACHE:-/var/cache/keepalive-kernel}
+TIMEOUT=${KEEPALIVE_BOOT_TIMEOUT:-180}
+BUSYBOX=/bin/busybox
+
+log() { printf '[test] %s\n' "$*" >&2; }
+die() { printf '[test] error: %s\n' "$*" >&2; exit 1; }
+now() { printf '%s' "$EPOCHREALTIME"; }
+secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", b - a }'; }
+
+main() {
+t0=$(now)
+patched=${KEEPALIVE_KERNEL_IMAGE:-}
+if [[ -z $patched ]]; then patched=$("$HERE/build-kernel.sh" | tail -n1); fi
+baseline=${KEEPALIVE_BASELINE_IMAGE:-}
+if [[ -z $baseline && -z ${KEEPALIVE_TEST_SKIP_BASELINE:-} ]]; then
+    baseline=$("$HERE/build-kernel.sh" --pristine | tail -n1)
+fi
+t_kernels=$(now)
+[[ -f $patched ]] || die "no patched kernel image: '$patched'"
+if [[ ! -x $BUSYBOX ]] || ldd "$BUSYBOX" >/dev/null 2>&1; then
+    die "$BUSYBOX missing or not static (install busybox-static)"
+fi
+
+mkdir -p "$CACHE/guest"
+guest=$("$HERE/guest/build.sh" "$CACHE/guest" | tail -n1)
+t_guest=$(now)
+
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+root=$tmp/root
+mkdir -p "$root"/{bin,sbin,usr/bin,usr/sbin,proc,sys,dev,tmp}
+cp "$BUSYBOX" "$root/bin/busybox"
+ln -s busybox "$root/bin/sh"
+cp "$guest" "$root/bin/ka_guest"
+
+# Guest side: the mode comes from the kernel command line (ka.mode=...).
+cat >"$root/init" <<'EOF'
+#!/bin/sh
+/bin/busybox mount -t proc proc /proc
+/bin/busybox grep -q '^devtmpfs /dev ' /proc/mounts || /bin/busybox mount -t devtmpfs devtmpfs /dev
+exec </dev/console >/dev/console 2>&1
+/bin/busybox --install -s
+# Kernel messages stay in the ring buffer (printed at the end), out of the report lines.
+dmesg -n 1
+mount -t sysfs sysfs /sys
+mount -t debugfs debugfs /sys/kernel/debug
+mount -t tmpfs tmpfs /tmp
+mode=$(sed -n 's/.*ka\.mode=\([a-z]*\).*/\1/p' /proc/cmdline)
+
+edu=
+for d in /sys/bus/pci/devices/*; do
+    [ "$(cat "$d/vendor")" = 0x1234 ] && [ "$(cat "$d/device")" = 0x11e8 ] && edu=${d##*/}
+done
+if [ -n "$edu" ]; then
+    dev=/sys/bus/pci/devices/$edu
+    [ -e "$dev/driver" ] && echo "$edu" >"$dev/driver/unbind"
+    echo vfio-pci >"$dev/driver_override"
+    echo "$edu" >/sys/bus/pci/drivers_probe
+fi
+
+echo "KA: begin"
+echo "KA: boot.kernel=$(uname -r)"
+echo "KA: boot.mode=$mode"
+echo "KA: boot.edu=${edu:-none}"
+echo "KA: boot.ir_mode=$(dmesg | sed -n 's/.*DMAR-IR: Enabled IRQ remapping in \([a-z0-9]*\) mode.*/\1/p' | head -n1)"
+if [ "$mode" = patched ]; then
+    /bin/ka_guest conformance
+    echo "KA: conformance.exit=$?"
+    /bin/ka_guest stage1 --fidelity
+    echo "KA: stage1.exit=$?"
+    echo "KA: dmesg.dmar_dma_faults_stage1=$(dmesg | grep -cE 'DMAR: \[DMA (Read|Write)')"
+    /bin/ka_guest unowned-fault
+    echo "KA: fault.exit=$?"
+    /bin/ka_guest unbind
+    echo "KA: unbind.exit=$?"
+    /bin/ka_guest cdev
+    echo "KA: cdev.exit=$?"
+else
+    /bin/ka_guest stage1 --baseline
+    echo "KA: stage1.exit=$?"
+fi
+echo "KA: dmesg.dmar_dma_faults=$(dmesg | grep -cE 'DMAR: \[DMA (Read|Write)')"
+echo "KA: dmesg.dmar_ir_faults=$(dmesg | grep -c 'INTR-REMAP')"
+echo "KA: dmesg.kernel_warnings=$(dmesg | grep -cE 'WARNING:|BUG:|Oops|possible circular locking|possible recursive locking|inconsistent lock state|sleeping function called')"
+echo "KA: boot.uptime=$(cut -d' ' -f1 /proc/uptime)"
+# Only with lockdep (dev-kernel.sh test-debug): 1 = no lock report disabled it.
+[ -r /proc/lockdep_stats ] && echo "KA: boot.debug_locks=$(sed -n 's/.*debug_locks: *//p' /proc/lockdep_stats)"
+echo "KA: end"
+dmesg | grep -E 'DMAR|vfio|keepalive' | sed 's/^/dmesg| /'
+poweroff -f
+EOF
+chmod +x "$root/init"
+(cd "$root" && find . -mindepth 1 | LC_ALL=C sort |
+    cpio -o -H newc -R 0:0 --reproducible --quiet | gzip -9n) >"$tmp/initrd.gz"
+
+# boot MODE IMAGE -> serial log path; the boot's wall time in $tmp/MODE.secs
+boot() {
+    local mode=$1 image=$2 serial=$CACHE/test-$1.serial.log
+    log "booting $mode kernel $(basename "$image") (timeout ${TIMEOUT}s), serial log: $serial"
+    local start rc
+    start=$(now)
+    set +e
+    timeout --kill-after=5 "$TIMEOUT" qemu-system-x86_64 \
+        -machine q35,kernel-irqchip=split -accel tcg \
+        -device intel-iommu,intremap=on -device edu \
+        -m 1G -smp 1 -nographic -no-reboot \
+        -kernel "$image" -initrd "$tmp/initrd.gz" \
+        -append "console=ttyS0 intel_iommu=on liveupdate=1 panic=-1 ka.mode=$mode" \
+        </dev/null 2>&1 | tr -d '\r' >"$serial"
+    rc=${PIPESTATUS[0]}
+    set -e
+    secs "$start" "$(now)" >"$tmp/$mode.secs"
+    [[ $rc -eq 0 ]] || log "$mode: qemu exited with $rc (124: timeout)"
+    grep -q 'KA: end' "$serial" || log "$mode: no complete report in the serial output"
+}
+
+boot patched "$patched"
+if [[ -n $baseline ]]; then boot baseline "$baseline"; fi
+t_end=$(now)
+
+# ---- Evaluation
+declare -A P=() B=()
+load() {  # load ARRAYNAME SERIAL
+    local -n into=$1
+    local line
+    while IFS= read -r line; do
+        if [[ $line =~ ^KA:\ ([a-z0-9_]+\.[a-z0-9_]+)=(.*)$ ]]; then into[${BASH_REMATCH[1]}]=${BASH_REMATCH[2]}; fi
+    done <"$2"
+}
+load P "$CACHE/test-patched.serial.log"
+# The header the patch series adds must be the project's uapi, byte for byte.
+P[host.uapi_in_sync]=0
+if diff -q <(awk '/^diff --git/ { on = ($0 ~ /include\/uapi\/linux\/vfio_keepalive.h/) ; next }
+                 on && /^\+\+\+ / { next }
+                 on && /^\+/ { print substr($0, 2) }' "$HERE"/patches/*.patch) \
+           "$HERE/../../uapi/linux/vfio_keepalive.h" >/dev/null; then
+    P[host.uapi_in_sync]=1
+fi
+if [[ -n $baseline ]]; then load B "$CACHE/test-baseline.serial.log"; fi
+
+failures=()
+expect() {  # expect ARRAYNAME KEY OP VALUE
+    local -n from=$1
+    local have=${from[$2]:-} ok=0
+    case $3 in
+        ==) [[ $have == "$4" ]] && ok=1 ;;
+        '>=') [[ $have =~ ^-?[0-9]+$ ]] && ((have >= $4)) && ok=1 ;;
+    esac
+    if ((ok)); then printf '  ok    %-34s %s\n' "$2" "$have"
+    else printf '  FAIL  %-34s %s (want %s %s)\n' "$2" "${have:-<missing>}" "$3" "$4"; failures+=("$1:$2"); fi
+}
+
+echo "== keepalive real-kernel test: Linux ${P[boot.kernel]:-?} under QEMU/TCG, edu ${P[boot.edu]:-?}, IR ${P[boot.ir_mode]:-?} mode"
+echo "-- conformance (uapi suite against the patched kernel)"
+grep '^KA-CHECK: ' "$CACHE/test-patched.serial.log" | grep -v 'fidelity' | sed 's/^KA-CHECK: /  /' | grep -v '^  PASS' || true
+printf '  %s checks: %s passed, %s failed, %s n/a (no CAP_STAGE2)\n' "${P[conformance.checks]:-?}" \
+    "${P[conformance.passed]:-?}" "${P[conformance.failed]:-?}" "${P[conformance.not_applicable]:-?}"
+expect P conformance.failed == 0
+expect P conformance.checks '>=' 40
+expect P conformance.state_after == 0
+
+echo "-- stage1 on the patched kernel: A exits with a DMA in flight, B reclaims"
+expect P stage1.a_enter_no_masking == -95
+expect P stage1.a_enter == 0
+expect P stage1.a_irq_mode == 2
+expect P stage1.a_nr_vectors == 1
+expect P stage1.a_dma_running_at_exit == 1
+expect P stage1.p_state == 2
+expect P stage1.p_nr_pending '>=' 1
+expect P stage1.p_dma_landed == 1
+expect P stage1.p_bus_master == 1
+expect P stage1.p_msi_enabled == 1
+expect P stage1.p_msi_per_vector_mask == 0
+expect P stage1.b0_map_before_token == -13
+expect P stage1.b0_open_no_token == -13
+expect P stage1.b0_open_wrong_token == -13
+expect P stage1.b1_open_with_token == 0
+expect P stage1.b1_state == 3
+expect P stage1.b1_nr_pending '>=' 1
+expect P stage1.b1_irq_delivered == 1
+expect P stage1.b1_exit == 137
+expect P stage1.p1_state == 2
+expect P stage1.p1_nr_pending '>=' 1
+expect P stage1.p1_dma_landed == 1
+expect P stage1.b_open_with_token == 0
+expect P stage1.b_state == 3
+expect P stage1.b_nr_pending '>=' 1
+expect P stage1.b_domain_id == "${P[stage1.p_domain_id]:-?}"
+expect P stage1.b_marker_kept == 1
+expect P stage1.b_bus_master == 1
+expect P stage1.b_dma_landed == 1
+expect P stage1.b_loopback_parked == 0
+expect P stage1.b_disable_parked == 0
+expect P stage1.b_nr_pending_after_disable == 1
+expect P stage1.b_irq_delivered == 1
+expect P stage1.b_dma_faults == 0
+expect P stage1.b_unmap_vaddr == 0
+expect P stage1.b_map_vaddr == 0
+expect P stage1.b_roundtrip == 1
+expect P stage1.b_roundtrip_irq == 1
+expect P stage1.b_leave_wrong_token == -13
+expect P stage1.b_leave == 0
+expect P stage1.b_state_after_leave == 0
+expect P stage1.p_listed_after == 0
+expect P dmesg.dmar_dma_faults_stage1 == 0
+echo "-- unowned fault: a kept-alive device faults with no owner; the operator resets it"
+expect P fault.a3_enter == 0
+expect P fault.reset_while_owned == -16
+expect P fault.event_dma_fault == 1
+expect P fault.event_bdf == "${P[boot.edu]:-}"
+expect P fault.event_addr == 0x300000
+expect P fault.state_before_reset == 2
+expect P fault.reset == 0
+expect P fault.reset_again == -16
+expect P fault.listed_after_reset == 0
+expect P fault.event_reset == 1
+expect P fault.event_seq_increases == 1
+expect P fault.bus_master_after_reset == 0
+expect P fault.c_open_with_old_token == -2
+expect P fault.c_open_plain == 0
+expect P fault.c_state == 0
+expect P fault.c_dma_faults '>=' 1
+expect P dmesg.dmar_dma_faults '>=' 1
+expect P dmesg.dmar_ir_faults == 0
+echo "-- unbind: the driver leaves an ownerless kept-alive device"
+expect P unbind.a4_enter == 0
+expect P unbind.state_before == 2
+expect P unbind.unbind_written == 1
+expect P unbind.listed_after == 0
+expect P unbind.event_reset == 1
+expect P unbind.bus_master_after == 0
+expect P unbind.group_node_after == 0
+expect P unbind.rebound == 1
+expect P unbind.c2_open_plain == 0
+expect P unbind.c2_state == 0
+echo "-- cdev: the iommufd path takes the token the same way but does not offer keepalive"
+expect P cdev.bind_with_token == -2
+expect P cdev.bind == 0
+expect P cdev.ioas_alloc == 0
+expect P cdev.attach == 0
+expect P cdev.enter == -95
+expect P cdev.state == 0
+expect P dmesg.kernel_warnings == 0
+if [[ -n ${P[boot.debug_locks]:-} ]]; then expect P boot.debug_locks == 1; fi
+echo "-- fidelity: Linux's VT-d tables from /dev/mem vs debugfs (while the device is ownerless)"
+printf '  registers %s, root/context %s, second-level %s, IRTE %s; DID %s, IRTE of edu MSI %s\n' \
+    "${P[fidelity.registers_checked]:-?}" "${P[fidelity.root_context_checked]:-?}" \
+    "${P[fidelity.sl_entries_checked]:-?}" "${P[fidelity.irte_checks]:-?}" \
+    "${P[fidelity.edu_did]:-?}" "${P[fidelity.edu_irte]:-?}"
+grep '^KA-CHECK: FAIL fidelity' "$CACHE/test-patched.serial.log" | sed 's/^KA-CHECK: /  /' || true
+expect P fidelity.mismatches == 0
+expect P fidelity.edu_did == "${P[stage1.p_domain_id]:-?}"
+expect P host.uapi_in_sync == 1
+expect P fidelity.entries_checked '>=' 8
+
+stage1=pass
+for f in "${failures[@]}"; do if [[ $f == P:stage1.* || $f == P:dmesg.dmar_dma_faults_stage1 ]]; then stage1=fail; fi; done
+
+baseline_detects_loss=false
+if [[ -n $baseline ]]; then
+    echo "-- baseline: the same flow on the unpatched kernel"
+    for k in a_enter p_dma_landed p_bus_master p_msi_enabled b0_open_no_token b_open_with_token b_marker_kept \
+             b_bus_master b_dma_landed b_irq_delivered b_roundtrip; do
+        printf '  %-28s %s\n' "$k" "${B[stage1.$k]:-<missing>}"
+    done
+    [[ ${B[stage1.done]:-} == 1 ]] || failures+=("B:stage1.done")
+    if [[ ${B[stage1.b_irq_delivered]:-} == 0 || ${B[stage1.b_dma_landed]:-} == 0 ||
+          ${B[stage1.b_marker_kept]:-} == 0 || ${B[stage1.p_bus_master]:-} == 0 ]]; then
+        baseline_detects_loss=true
+    fi
+    echo "  the unpatched kernel loses: $(
+        l=(); [[ ${B[stage1.b_irq_delivered]:-} == 0 ]] && l+=(interrupt)
+        [[ ${B[stage1.b_dma_landed]:-} == 0 ]] && l+=("DMA data")
+        [[ ${B[stage1.b_marker_kept]:-} == 0 ]] && l+=("device state (reset)")
+        [[ ${B[stage1.p_bus_master]:-} == 0 ]] && l+=("bus mastering")
+        echo "${l[*]:-nothing}")"
+fi
+
+num() { [[ ${1:-} =~ ^-?[0-9]+$ ]] && echo "$1" || echo null; }
+device_resets=0
+[[ ${P[stage1.b_marker_kept]:-0} == 1 ]] || device_resets=1
+irq_lost=0
+[[ ${P[stage1.b_irq_delivered]:-0} == 1 ]] || irq_lost=1
+dma_faults=$(( $(num "${P[stage1.b_dma_faults]:-0}" | sed 's/null/0/') + $(num "${P[dmesg.dmar_dma_faults_stage1]:-0}" | sed 's/null/0/') ))
+
+printf -- '-- timings: kernels %ss, guest program %ss, patched boot %ss, baseline boot %ss, total %ss\n' \
+    "$(secs "$t0" "$t_kernels")" "$(secs "$t_kernels" "$t_guest")" "$(cat "$tmp/patched.secs")" \
+    "$(cat "$tmp/baseline.secs" 2>/dev/null || echo -)" "$(secs "$t0" "$t_end")"
+if ((${#failures[@]})); then echo "-- FAILED: ${failures[*]}"; else echo "-- all checks passed"; fi
+
+ok=1
+((${#failures[@]} == 0)) || ok=0
+[[ -z $baseline || $baseline_detects_loss == true ]] || ok=0
+printf '{"kernel":"%s","stage1":"%s","stage2":"not_implemented","baseline_detects_loss":%s,' \
+    "${P[boot.kernel]:-}" "$stage1" "$([[ -n $baseline ]] && echo "$baseline_detects_loss" || echo null)"
+printf '"device_resets":%s,"dma_faults":%s,"irq_lost":%s,"fidelity_entries_checked":%s,' \
+    "$device_resets" "$dma_faults" "$irq_lost" "$(num "${P[fidelity.entries_checked]:-}")"
+printf '"conformance_failed":%s,"conformance_passed":%s,"conformance_not_applicable":%s,' \
+    "$(num "${P[conformance.failed]:-}")" "$(num "${P[conformance.passed]:-}")" "$(num "${P[conformance.not_applicable]:-}")"
+printf '"pending_latched_ms":%s,"baseline":{"irq_delivered":%s,"dma_landed":%s,"marker_kept":%s,"bus_master_kept":%s},' \
+    "$(num "${P[stage1.p_pending_after_ms]:-}")" "$(num "${B[stage1.b_irq_delivered]:-}")" \
+    "$(num "${B[stage1.b_dma_landed]:-}")" "$(num "${B[stage1.b_marker_kept]:-}")" "$(num "${B[stage1.p_bus_master]:-}")"
+printf '"unowned_fault_detected":%s,"operator_reset":%s,' \
+    "$([[ ${P[fault.event_dma_fault]:-} == 1 && ${P[fault.c_dma_faults]:-0} -ge 1 ]] && echo true || echo false)" \
+    "$([[ ${P[fault.reset]:-} == 0 && ${P[fault.event_reset]:-} == 1 ]] && echo true || echo false)"
+printf '"patched_boot_s":%s,"baseline_boot_s":%s,"total_s":%s}\n' "$(cat "$tmp/patched.secs")" \
+    "$(cat "$tmp/baseline.secs" 2>/dev/null || echo null)" "$(secs "$t0" "$t_end")"
+((ok == 1))
+}
+
+main "$@"; exit
