@@ -13,6 +13,7 @@
 #include "fixture.hpp"
 #include "handover.hpp"
 #include "../../tools/keepalivectl/json.hpp"
+#include "keepalive/snapshot.hpp"
 #include "keepalive_handover.h"
 
 // KEEPALIVECTL_BIN is set by tools/keepalivectl/CMakeLists.txt (built with KEEPALIVE_BUILD_EXAMPLES).
@@ -317,6 +318,45 @@ TEST_CASE("keepalivectl errors: one line, exit status 1") {
   auto help = run_program({KEEPALIVECTL_BIN, "--help"});
   CHECK(help.exit_code == 0);
   CHECK(help.out.starts_with("usage: keepalivectl"));
+}
+
+
+TEST_CASE("keepalivectl decode-snapshot prints a VMM snapshot and refuses a corrupted one") {
+  snapshot snap;
+  snap.owner = tok;
+  snap.nr_vcpus = 1;
+  snapshot_device dev;
+  dev.address = bdf{0, 0, 4, 0};
+  dev.group = 4;
+  dev.mode = abi::irq_mode::posted;
+  dev.vectors.push_back({msix_index{0}, vector{0x40}, 0});
+  snap.devices.push_back(dev);
+  snap.ram.push_back({gpa{0}, iova{0}, 16ull << 20, 0x4000000, "keepalive-phys", 0x4000000});
+  snap.vcpu_state.push_back({0, vcpu_state_tag::regs, std::vector<std::byte>(144, std::byte{7})});
+  auto encoded = encode_snapshot(snap);
+  REQUIRE(encoded);
+  const auto& bytes = *encoded;
+  const std::string path = "/tmp/keepalivectl-snapshot-" + std::to_string(::getpid());
+  {
+    std::ofstream out{path, std::ios::binary};
+    out.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
+  }
+  daemon_fixture d;
+  auto r = keepalivectl(d, {"decode-snapshot", path});
+  CHECK(r.exit_code == 0);
+  CHECK(r.out.find("keepalive-snapshot-v1") != std::string::npos);
+  CHECK(r.out.find(tok.to_string()) != std::string::npos);
+  CHECK(r.out.find("0000:00:04.0") != std::string::npos);
+  CHECK(r.out.find("msix 0 -> guest vector 0x40 on vcpu 0") != std::string::npos);
+  {
+    std::fstream f{path, std::ios::binary | std::ios::in | std::ios::out};
+    f.seekp(static_cast<std::streamoff>(bytes.size() - 1));
+    f.put(static_cast<char>(static_cast<unsigned char>(bytes.back()) ^ 1u));
+  }
+  auto bad = keepalivectl(d, {"decode-snapshot", path});
+  CHECK(bad.exit_code == 1);
+  CHECK(bad.err.find("EPROTO") != std::string::npos);
+  std::remove(path.c_str());
 }
 
 #endif  // KEEPALIVECTL_BIN

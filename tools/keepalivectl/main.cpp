@@ -17,6 +17,7 @@
 #include <fmt/format.h>
 
 #include "handover.hpp"
+#include "keepalive/snapshot.hpp"
 #include "json.hpp"
 #include "keepalive/abi/ops.hpp"
 #include "keepalive/hw/irte.hpp"
@@ -41,6 +42,7 @@ constexpr const char* usage =
     "  describe               the kernel's devices, vectors, IRTEs and descriptors\n"
     "  dump-handover FILE     save the prepared handover image to FILE\n"
     "  decode-handover FILE   decode a handover image file and print every record\n"
+    "  decode-snapshot FILE   decode a VMM snapshot (keepalive::snapshot) and print it\n"
     "The socket is --socket, else $KEEPALIVE_SIMD_SOCKET, else /run/keepalive-simd.sock.\n";
 
 int fail(const std::string& what, const error& e) {
@@ -272,6 +274,16 @@ struct tool {
   }
 };
 
+int decode_snapshot_file(const std::string& file) {
+  std::ifstream in{file, std::ios::binary};
+  if (!in) return fail("decode-snapshot", error{errc::not_found, "open " + file});
+  const std::vector<char> raw{std::istreambuf_iterator<char>{in}, std::istreambuf_iterator<char>{}};
+  auto snap = keepalive::decode_snapshot(std::as_bytes(std::span{raw}));
+  if (!snap) return fail("decode-snapshot " + file, snap.err());
+  fmt::print("snapshot {}: {} bytes\n{}", file, raw.size(), keepalive::describe(*snap));
+  return 0;
+}
+
 int decode_handover(const std::string& file) {
   std::ifstream in{file, std::ios::binary};
   if (!in) return fail("decode-handover", error{errc::not_found, "open " + file});
@@ -326,9 +338,11 @@ int main(int argc, char** argv) {
   }
   if (args.empty()) return usage_error("no command");
   const std::string& cmd = args[0];
-  const bool one_arg = cmd == "reset" || cmd == "dump-handover" || cmd == "decode-handover";
+  const bool one_arg =
+      cmd == "reset" || cmd == "dump-handover" || cmd == "decode-handover" || cmd == "decode-snapshot";
   if (args.size() != (one_arg ? 2u : 1u)) return usage_error(fmt::format("{}: wrong number of arguments", cmd));
   if (cmd == "decode-handover") return decode_handover(args[1]);
+  if (cmd == "decode-snapshot") return decode_snapshot_file(args[1]);
 
   static constexpr std::string_view known[] = {"status", "list",  "events", "reset",    "prepare",      "abort",
                                                "kexec",  "stats", "describe", "dump-handover"};
