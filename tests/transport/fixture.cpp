@@ -166,101 +166,18 @@ std::unique_ptr<sim_transport> daemon_fixture::connect() const {
 
 // ------------------------------------------------------------------ guest
 
-remote_guest::remote_guest(int phys_fd, std::uint64_t guest_start, const sim::testing::guest_layout& layout)
-    : layout_{layout}, irq_fd_{::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)} {
-  void* p = ::mmap(nullptr, layout.ram_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, phys_fd, static_cast<off_t>(guest_start));
+std::byte* remote_guest::map(int phys_fd, std::uint64_t guest_start, std::uint64_t bytes) {
+  void* p = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, phys_fd, static_cast<off_t>(guest_start));
   REQUIRE(p != MAP_FAILED);
-  ram_ = static_cast<std::byte*>(p);
+  return static_cast<std::byte*>(p);
 }
+
+remote_guest::remote_guest(int phys_fd, std::uint64_t guest_start, const sim::testing::guest_layout& layout)
+    : guest{map(phys_fd, guest_start, layout.ram_bytes), layout, {}}, bytes_{layout.ram_bytes} {}
 
 remote_guest::~remote_guest() {
-  stop();
-  ::munmap(ram_, layout_.ram_bytes);
-  ::close(irq_fd_);
-}
-
-void remote_guest::attach(device_access dev) {
-  std::lock_guard l{dev_mu_};
-  dev_ = std::move(dev);
-}
-void remote_guest::detach() {
-  std::lock_guard l{dev_mu_};
-  dev_ = {};
-}
-
-bool remote_guest::init_ring() {
-  std::lock_guard l{dev_mu_};
-  if (!dev_.write) return false;
-  auto* ring = reinterpret_cast<ka_nic_rx_desc*>(ram_ + layout_.ring_gpa);
-  for (std::uint32_t i = 0; i < layout_.ring_entries; ++i) {
-    ring[i] = {};
-    ring[i].buffer = layout_.buffers_gpa + std::uint64_t{i} * layout_.buffer_bytes;
-  }
-  next_ = 0;
-  if (!initialised_) {
-    auto seq = dev_.read(KA_NIC_NEXT_SEQ);
-    if (!seq) return false;
-    expected_seq_ = *seq;
-  }
-  initialised_ = true;
-  return dev_.write(KA_NIC_RX_RING_BASE, layout_.ring_gpa) && dev_.write(KA_NIC_RX_RING_SIZE, layout_.ring_entries) &&
-         dev_.write(KA_NIC_PAYLOAD_LEN, layout_.payload_bytes) && dev_.write(KA_NIC_RX_TAIL, layout_.ring_entries - 1) &&
-         dev_.write(KA_NIC_CTRL, KA_NIC_CTRL_ENABLE);
-}
-
-void remote_guest::start() {
-  stop_ = false;
-  thread_ = std::thread{[this] { run(); }};
-}
-
-void remote_guest::stop() {
-  stop_ = true;
-  if (thread_.joinable()) thread_.join();
-}
-
-void remote_guest::run() {
-  while (!stop_) {
-    pollfd p{irq_fd_, POLLIN, 0};
-    if (paused_ || ::poll(&p, 1, 5) <= 0) {
-      if (paused_) std::this_thread::sleep_for(std::chrono::microseconds{200});
-      continue;
-    }
-    std::uint64_t n = 0;
-    if (::read(irq_fd_, &n, sizeof n) == sizeof n) {
-      interrupts += n;
-      consume();
-    }
-  }
-}
-
-void remote_guest::consume() {
-  auto* ring = reinterpret_cast<ka_nic_rx_desc*>(ram_ + layout_.ring_gpa);
-  bool any = false;
-  for (;;) {
-    auto& d = ring[next_];
-    const auto st = std::atomic_ref<std::uint16_t>{d.status}.load(std::memory_order_acquire);
-    if (!(st & KA_NIC_DESC_DD)) break;
-    const auto* buf = reinterpret_cast<const std::uint8_t*>(ram_ + d.buffer);
-    ka_nic_packet_hdr h;
-    std::memcpy(&h, buf, sizeof h);
-    const auto* payload = buf + sizeof h;
-    bool ok = h.payload_len == layout_.payload_bytes && ka_nic_checksum(h.seq, payload, h.payload_len) == h.checksum;
-    for (std::uint32_t i = 0; ok && i < h.payload_len; ++i) ok = payload[i] == ka_nic_payload_byte(h.seq, i);
-    if (!ok) ++corrupted;
-    if (h.seq != expected_seq_) {
-      ++gaps;
-      if (h.seq > expected_seq_) lost_seqs += h.seq - expected_seq_;
-    }
-    expected_seq_ = h.seq + 1;
-    ++received;
-    std::atomic_ref<std::uint16_t>{d.status}.store(0, std::memory_order_release);
-    next_ = (next_ + 1) % layout_.ring_entries;
-    any = true;
-  }
-  if (!any) return;
-  std::lock_guard l{dev_mu_};
-  if (!dev_.write || !dev_.write(KA_NIC_RX_TAIL, (next_ + layout_.ring_entries - 1) % layout_.ring_entries))
-    ++tail_write_failures;
+  stop();  // the consumer thread reads this mapping
+  ::munmap(ram(), bytes_);
 }
 
 // ------------------------------------------------------------------ vmm

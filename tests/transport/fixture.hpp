@@ -92,48 +92,18 @@ struct child {
 };
 std::unique_ptr<child> spawn_program(const std::vector<std::string>& argv);
 
-// The NIC as the guest sees it: its BAR registers (through whichever VMM runs now).
-struct device_access {
-  std::function<std::optional<std::uint64_t>(std::uint64_t reg)> read;
-  std::function<bool(std::uint64_t reg, std::uint64_t value)> write;
-};
+using sim::testing::device_access;
 
-class remote_guest {
+// The guest stand-in (kernel/sim/testing) over the test's own mapping of the
+// memfd: it outlives every VMM connection, as a real guest outlives its VMM.
+class remote_guest final : public sim::testing::guest {
  public:
-  // Maps guest RAM [guest_start, + layout.ram_bytes) of the memfd itself: it
-  // outlives every VMM connection, as a real guest outlives its VMM.
   remote_guest(int phys_fd, std::uint64_t guest_start, const sim::testing::guest_layout& layout);
-  ~remote_guest();
-  remote_guest(const remote_guest&) = delete;
-  remote_guest& operator=(const remote_guest&) = delete;
-
-  void attach(device_access dev);
-  void detach();
-  bool init_ring();  // the guest driver's probe: ring, buffers, enable
-  void start();
-  void pause() { paused_ = true; }
-  void resume() { paused_ = false; }
-  void stop();
-  void poll_once() { consume(); }
-  [[nodiscard]] int irq_fd() const noexcept { return irq_fd_; }
-  [[nodiscard]] std::byte* ram() const noexcept { return ram_; }
-
-  std::atomic<std::uint64_t> received{0}, corrupted{0}, gaps{0}, lost_seqs{0}, interrupts{0};
-  std::atomic<std::uint64_t> tail_write_failures{0};
+  ~remote_guest() override;
 
  private:
-  void run();
-  void consume();
-  std::byte* ram_ = nullptr;
-  sim::testing::guest_layout layout_;
-  int irq_fd_ = -1;
-  std::mutex dev_mu_;
-  device_access dev_;
-  std::uint32_t next_ = 0;
-  std::uint64_t expected_seq_ = 0;
-  bool initialised_ = false;
-  std::atomic<bool> stop_{false}, paused_{false};
-  std::thread thread_;
+  static std::byte* map(int phys_fd, std::uint64_t guest_start, std::uint64_t bytes);
+  std::uint64_t bytes_;
 };
 
 class remote_vmm {

@@ -24,17 +24,38 @@ status from_rc(long rc, const char* what) {
 
 // ------------------------------------------------------------------ guest
 
+device_access direct_access(pci_function& fn) {
+  return {[&fn](std::uint64_t reg) -> std::optional<std::uint64_t> { return fn.mmio_read(0, reg, 8); },
+          [&fn](std::uint64_t reg, std::uint64_t v) {
+            fn.mmio_write(0, reg, 8, v);
+            return true;
+          }};
+}
+
+guest::guest(std::byte* ram, const guest_layout& layout, device_access dev)
+    : ram_{ram}, layout_{layout}, irq_fd_{::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)}, dev_{std::move(dev)} {}
+
 guest::guest(platform& plat, hpa ram, const guest_layout& layout, bdf nic)
-    : plat_{plat}, ram_{ram}, layout_{layout}, nic_{plat.find(nic)}, irq_fd_{::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)} {}
+    : guest{plat.memory().base() + ram.value(), layout, direct_access(*plat.find(nic))} {}
 
 guest::~guest() {
   stop();
   ::close(irq_fd_);
 }
 
-void guest::init_ring() {
-  auto* base = plat_.memory().base() + ram_.value();
-  auto* ring = reinterpret_cast<ka_nic_rx_desc*>(base + layout_.ring_gpa);
+void guest::attach(device_access dev) {
+  std::lock_guard l{dev_mu_};
+  dev_ = std::move(dev);
+}
+void guest::detach() {
+  std::lock_guard l{dev_mu_};
+  dev_ = {};
+}
+
+bool guest::init_ring() {
+  std::lock_guard l{dev_mu_};
+  if (!dev_.write) return false;
+  auto* ring = reinterpret_cast<ka_nic_rx_desc*>(ram_ + layout_.ring_gpa);
   for (std::uint32_t i = 0; i < layout_.ring_entries; ++i) {
     ring[i] = {};
     ring[i].buffer = layout_.buffers_gpa + std::uint64_t{i} * layout_.buffer_bytes;
@@ -42,21 +63,21 @@ void guest::init_ring() {
   next_ = 0;
   // A re-initialising driver still knows the last sequence number it saw:
   // whatever the device dropped while it was reset shows up as a gap.
-  if (!initialised_) expected_seq = nic_->mmio_read(0, KA_NIC_NEXT_SEQ, 8);
+  if (!initialised_) {
+    auto seq = dev_.read(KA_NIC_NEXT_SEQ);
+    if (!seq) return false;
+    expected_seq_ = *seq;
+  }
   initialised_ = true;
-  nic_->mmio_write(0, KA_NIC_RX_RING_BASE, 8, layout_.ring_gpa);
-  nic_->mmio_write(0, KA_NIC_RX_RING_SIZE, 8, layout_.ring_entries);
-  nic_->mmio_write(0, KA_NIC_PAYLOAD_LEN, 8, layout_.payload_bytes);
-  nic_->mmio_write(0, KA_NIC_RX_TAIL, 8, layout_.ring_entries - 1);
-  nic_->mmio_write(0, KA_NIC_CTRL, 8, KA_NIC_CTRL_ENABLE);
+  return dev_.write(KA_NIC_RX_RING_BASE, layout_.ring_gpa) && dev_.write(KA_NIC_RX_RING_SIZE, layout_.ring_entries) &&
+         dev_.write(KA_NIC_PAYLOAD_LEN, layout_.payload_bytes) && dev_.write(KA_NIC_RX_TAIL, layout_.ring_entries - 1) &&
+         dev_.write(KA_NIC_CTRL, KA_NIC_CTRL_ENABLE);
 }
 
 void guest::start() {
   stop_ = false;
   thread_ = std::thread{[this] { run(); }};
 }
-void guest::pause() { paused_ = true; }
-void guest::resume() { paused_ = false; }
 void guest::stop() {
   stop_ = true;
   if (thread_.joinable()) thread_.join();
@@ -77,35 +98,34 @@ void guest::run() {
   }
 }
 
-void guest::poll_once() { consume(); }
-
 void guest::consume() {
-  auto* base = plat_.memory().base() + ram_.value();
-  auto* ring = reinterpret_cast<ka_nic_rx_desc*>(base + layout_.ring_gpa);
+  auto* ring = reinterpret_cast<ka_nic_rx_desc*>(ram_ + layout_.ring_gpa);
   bool any = false;
   for (;;) {
     auto& d = ring[next_];
     const auto status = std::atomic_ref<std::uint16_t>{d.status}.load(std::memory_order_acquire);
     if (!(status & KA_NIC_DESC_DD)) break;
-    const auto* buf = reinterpret_cast<const std::uint8_t*>(base + d.buffer);
+    const auto* buf = reinterpret_cast<const std::uint8_t*>(ram_ + d.buffer);
     ka_nic_packet_hdr h;
     std::memcpy(&h, buf, sizeof h);
     const auto* payload = buf + sizeof h;
-    bool ok = h.payload_len == layout_.payload_bytes &&
-              ka_nic_checksum(h.seq, payload, h.payload_len) == h.checksum;
+    bool ok = h.payload_len == layout_.payload_bytes && ka_nic_checksum(h.seq, payload, h.payload_len) == h.checksum;
     for (std::uint32_t i = 0; ok && i < h.payload_len; ++i) ok = payload[i] == ka_nic_payload_byte(h.seq, i);
     if (!ok) ++corrupted;
-    if (h.seq != expected_seq) {
+    if (h.seq != expected_seq_) {
       ++gaps;
-      if (h.seq > expected_seq) lost_seqs += h.seq - expected_seq;
+      if (h.seq > expected_seq_) lost_seqs += h.seq - expected_seq_;
     }
-    expected_seq = h.seq + 1;
+    expected_seq_ = h.seq + 1;
     ++received;
     std::atomic_ref<std::uint16_t>{d.status}.store(0, std::memory_order_release);
     next_ = (next_ + 1) % layout_.ring_entries;
     any = true;
   }
-  if (any) nic_->mmio_write(0, KA_NIC_RX_TAIL, 8, (next_ + layout_.ring_entries - 1) % layout_.ring_entries);
+  if (!any) return;
+  std::lock_guard l{dev_mu_};
+  if (!dev_.write || !dev_.write(KA_NIC_RX_TAIL, (next_ + layout_.ring_entries - 1) % layout_.ring_entries))
+    ++tail_write_failures;
 }
 
 // ------------------------------------------------------------------ vmm
@@ -179,7 +199,7 @@ status vmm::cold_start(std::uint64_t rate_pps, std::uint32_t irq_mod_pkts, std::
   if (auto st = connect_vector(); !st) return st;
   if (auto st = write_reg(KA_NIC_IRQ_MOD_PKTS, irq_mod_pkts); !st) return st;
   if (auto st = write_reg(KA_NIC_IRQ_MOD_USEC, irq_mod_usec); !st) return st;
-  guest_.init_ring();
+  if (!guest_.init_ring()) return {errc::io, "guest driver: ring init"};
   return set_rate(rate_pps);
 }
 

@@ -10,6 +10,8 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <functional>
+#include <mutex>
 #include <thread>
 
 #include "keepalive/abi/ops.hpp"
@@ -28,34 +30,49 @@ struct guest_layout {
   std::uint32_t payload_bytes = 64;
 };
 
+// The NIC as the guest sees it: its BAR registers. In-process, guest MMIO
+// goes straight to the device (as through a BAR mapped into the guest);
+// over the daemon, through whichever VMM owns the device now.
+struct device_access {
+  std::function<std::optional<std::uint64_t>(std::uint64_t reg)> read;
+  std::function<bool(std::uint64_t reg, std::uint64_t value)> write;
+};
+[[nodiscard]] device_access direct_access(pci_function& fn);
+
 // The guest's driver and its verification: consumes completed descriptors
 // when its interrupt (an eventfd standing in for the guest vector) fires.
+// Its state lives in guest RAM and here, never in a VMM: it outlives them.
 class guest {
  public:
+  guest(std::byte* ram, const guest_layout& layout, device_access dev);
   guest(platform& plat, hpa ram, const guest_layout& layout, bdf nic);
-  ~guest();
-  void init_ring();          // what the guest driver does at probe: zero ring, fill buffers
+  virtual ~guest();
+  guest(const guest&) = delete;
+  guest& operator=(const guest&) = delete;
+  void attach(device_access dev);
+  void detach();
+  bool init_ring();          // what the guest driver does at probe: zero ring, fill buffers, enable
   void start();              // consumer thread
-  void pause();              // vCPUs paused: nothing consumed
-  void resume();
+  void pause() { paused_ = true; }    // vCPUs paused: nothing consumed
+  void resume() { paused_ = false; }
   void stop();
+  void poll_once() { consume(); }  // consume what is completed now, without an interrupt
   [[nodiscard]] int irq_fd() const noexcept { return irq_fd_; }
+  [[nodiscard]] std::byte* ram() const noexcept { return ram_; }
   // Counters from the guest's own verification.
   std::atomic<std::uint64_t> received{0}, corrupted{0}, gaps{0}, lost_seqs{0}, interrupts{0};
-  std::uint64_t expected_seq = 0;
-  [[nodiscard]] std::uint32_t head() const noexcept { return next_; }
-  // Consume everything completed now (without waiting for an interrupt).
-  void poll_once();
+  std::atomic<std::uint64_t> tail_write_failures{0};
 
  private:
   void run();
   void consume();
-  platform& plat_;
-  hpa ram_;
+  std::byte* ram_;
   guest_layout layout_;
-  pci_function* nic_;
   int irq_fd_ = -1;
+  std::mutex dev_mu_;
+  device_access dev_;
   std::uint32_t next_ = 0;
+  std::uint64_t expected_seq_ = 0;
   bool initialised_ = false;
   std::atomic<bool> stop_{false}, paused_{false};
   std::thread thread_;
