@@ -12,7 +12,7 @@
 
 #include "fixture.hpp"
 #include "handover.hpp"
-#include "../../tools/keepalivectl/json.hpp"
+#include "keepalive/detail/json.hpp"
 #include "keepalive/snapshot.hpp"
 #include "keepalive_handover.h"
 
@@ -43,7 +43,7 @@ std::vector<std::string> words(const std::string& s) {
   for (std::string w; in >> w;) out.push_back(w);
   return out;
 }
-std::string value_of(const ctl::json::rows& rows, const std::string& key) {
+std::string value_of(const detail::json::rows& rows, const std::string& key) {
   for (const auto& [k, v] : rows)
     if (k == key) return v;
   return "<missing " + key + ">";
@@ -93,7 +93,7 @@ TEST_CASE("keepalivectl status: version, decoded caps, generation and --json") {
 
   auto j = keepalivectl(d, {"--json", "status"});
   REQUIRE(j.exit_code == 0);
-  auto rows = ctl::json::flatten(j.out);
+  auto rows = detail::json::parse(j.out);
   REQUIRE(rows);
   CHECK(value_of(*rows, "version") == "1");
   CHECK(value_of(*rows, "caps") == "15");
@@ -128,7 +128,7 @@ TEST_CASE("keepalivectl list: the table matches LIST_DEVICES and --json") {
 
   auto j = keepalivectl(h.d, {"list", "--json"});
   REQUIRE(j.exit_code == 0);
-  auto rows = ctl::json::flatten(j.out);
+  auto rows = detail::json::parse(j.out);
   REQUIRE(rows);
   CHECK(value_of(*rows, "[0].bdf") == "0000:00:04.0");
   CHECK(value_of(*rows, "[0].state") == "ownerless");
@@ -276,7 +276,7 @@ TEST_CASE("keepalivectl stats and describe") {
   CHECK(found_gen);
   auto j = keepalivectl(h.d, {"stats", "--json"});
   REQUIRE(j.exit_code == 0);
-  auto rows = ctl::json::flatten(j.out);
+  auto rows = detail::json::parse(j.out);
   REQUIRE(rows);
   CHECK(value_of(*rows, "kernel.device_resets") == "1");
   CHECK(std::stoull(value_of(*rows, "iommu.irq_posted")) > 0);

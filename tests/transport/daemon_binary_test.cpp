@@ -14,7 +14,7 @@
 #include <fstream>
 
 #include "fixture.hpp"
-#include "../../tools/keepalivectl/json.hpp"
+#include "keepalive/detail/json.hpp"
 
 #ifndef KEEPALIVE_SIMD_BIN
 #error "KEEPALIVE_SIMD_BIN is set by kernel/sim/daemon/CMakeLists.txt"
@@ -102,7 +102,7 @@ TEST_CASE("keepalive-simd: a stale socket file is replaced, SIGINT, bad options"
   CHECK((*t)->host().baseline);
   auto stats = (*t)->stats_json();
   REQUIRE(stats);
-  CHECK(ctl::json::flatten(*stats).has_value());
+  CHECK(detail::json::parse(*stats).has_value());
   CHECK(daemon->signal_and_wait(SIGINT) == 0);
   CHECK_FALSE(exists(sock));
 

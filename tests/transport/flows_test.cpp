@@ -12,7 +12,7 @@
 #include "conformance.hpp"
 #include "keepalive/abi/uapi.hpp"
 #include "fixture.hpp"
-#include "../../tools/keepalivectl/json.hpp"
+#include "keepalive/detail/json.hpp"
 #include "nic_regs.h"
 
 using namespace keepalive;
@@ -44,7 +44,7 @@ void drain(daemon_fixture& d, remote_guest& g, remote_vmm& v) {
 }
 
 std::uint64_t json_value(const std::string& json, const std::string& key) {
-  auto rows = ctl::json::flatten(json);
+  auto rows = detail::json::parse(json);
   REQUIRE(rows);
   for (const auto& [k, v] : *rows)
     if (k == key) return std::stoull(v);

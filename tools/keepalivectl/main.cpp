@@ -18,7 +18,7 @@
 
 #include "handover.hpp"
 #include "keepalive/snapshot.hpp"
-#include "json.hpp"
+#include "keepalive/detail/json.hpp"
 #include "keepalive/abi/ops.hpp"
 #include "keepalive/hw/irte.hpp"
 #include "keepalive/sim_transport.hpp"
@@ -241,7 +241,7 @@ struct tool {
       fmt::print("{}", *text);
       return 0;
     }
-    auto rows = ctl::json::flatten(*text);
+    auto rows = detail::json::parse(*text);
     if (!rows) return fail("stats", error{errc::protocol, "the daemon's JSON does not parse"});
     std::size_t w = 0;
     for (const auto& [k, v] : *rows) w = std::max(w, k.size());

@@ -10,11 +10,13 @@
 #include <string>
 #include <thread>
 
-#include "json.hpp"
+#include "keepalive/detail/json.hpp"
 #include "keepalive/error.hpp"
 #include "unique_fd.hpp"
 
 namespace keepalive::minivmm {
+
+namespace json = keepalive::detail::json;
 
 struct qmp_reply {
   std::string line;             // the JSON reply (no newline)

@@ -1,6 +1,6 @@
-// A strict, small JSON reader for the QMP-like control socket: a document is
-// flattened into (path, value) rows, {"a":{"b":1},"c":[{"d":"x"}]} -> a.b 1,
-// c[0].d x (strings unquoted, literals as written). Malformed input: nullopt.
+// A strict, small JSON reader for the tools (keepalivectl, the mini-VMM's
+// QMP-like socket): a document is flattened into (path, value) rows,
+// {"a":{"b":1},"c":[{"d":"x"}]} -> a.b 1, c[0].d x. Malformed input: nullopt.
 #pragma once
 
 #include <cctype>
@@ -11,7 +11,7 @@
 #include <utility>
 #include <vector>
 
-namespace keepalive::minivmm::json {
+namespace keepalive::detail::json {
 
 using rows = std::vector<std::pair<std::string, std::string>>;
 
@@ -135,4 +135,4 @@ class reader {
   return out + "\"";
 }
 
-}  // namespace keepalive::minivmm::json
+}  // namespace keepalive::detail::json
