@@ -10,13 +10,15 @@
 
 #include <keepalive/fsm/device.hpp>
 
+#include "grid_check.hpp"
+
 using namespace keepalive;
 using fsm::device_state;
+using fsm_test::named_arc;
 
 namespace {
 
 constexpr std::size_t n = 7;
-constexpr device_state st(std::size_t i) { return static_cast<device_state>(i); }
 
 // Row = from, column = to, both in uapi order:
 //   running kept_alive ownerless reclaimed frozen restored error
@@ -54,12 +56,7 @@ constexpr device_state from_letter(char c) {
   }
 }
 
-struct named_arc {
-  device_state from;
-  device_state to;
-  std::string_view name;
-};
-constexpr std::array<named_arc, 20> expected_arcs{{
+constexpr std::array<named_arc<device_state>, 20> expected_arcs{{
     {device_state::running, device_state::kept_alive, "enter"},
     {device_state::kept_alive, device_state::running, "leave"},
     {device_state::kept_alive, device_state::ownerless, "close"},
@@ -96,39 +93,11 @@ TEST_CASE("device fsm: state values are the uapi's") {
 }
 
 TEST_CASE("device fsm: every listed arc is allowed, named, and checks ok") {
-  CHECK(fsm::device_arcs.size() == expected_arcs.size());
-  for (const named_arc& a : expected_arcs) {
-    CAPTURE(fsm::name(a.from));
-    CAPTURE(fsm::name(a.to));
-    CHECK(fsm::device_allowed(a.from, a.to));
-    CHECK(fsm::check(a.from, a.to) == errc::ok);
-    CHECK(fsm::device_table.direct(a.from, a.to) == a.to);
-    CHECK(fsm::device_table.arc_name(a.from, a.to) == a.name);
-  }
+  fsm_test::check_arcs(fsm::device_table, fsm::device_arcs.size(), expected_arcs);
 }
 
 TEST_CASE("device fsm: all 49 pairs against the hand-written grid") {
-  std::size_t arcs = 0;
-  for (std::size_t f = 0; f < n; ++f)
-    for (std::size_t t = 0; t < n; ++t) {
-      const char want = expected_grid[f][t];
-      CAPTURE(fsm::name(st(f)));
-      CAPTURE(fsm::name(st(t)));
-      CAPTURE(want);
-      const bool arc = want == 'o' || want == 'r' || want == 'f';
-      arcs += arc ? 1 : 0;
-      CHECK(fsm::allowed(st(f), st(t)) == arc);
-      CHECK(fsm::device_table.direct(st(f), st(t)) == (arc ? st(t) : device_state::error));
-      switch (want) {
-        case 'o': CHECK(fsm::device_table.kind(st(f), st(t)) == fsm::arc_kind::normal); break;
-        case 'r': CHECK(fsm::device_table.kind(st(f), st(t)) == fsm::arc_kind::reset); break;
-        case 'f': CHECK(fsm::device_table.kind(st(f), st(t)) == fsm::arc_kind::failure); break;
-        default: break;
-      }
-      const errc code = arc ? errc::ok : want == 'n' ? errc::not_found : errc::busy;
-      CHECK(fsm::check(st(f), st(t)) == code);
-    }
-  CHECK(arcs == expected_arcs.size());
+  fsm_test::check_grid<device_state>(fsm::device_table, expected_grid, expected_arcs.size());
 }
 
 TEST_CASE("device fsm: uapi-documented refusals") {
@@ -147,12 +116,7 @@ TEST_CASE("device fsm: uapi-documented refusals") {
 }
 
 TEST_CASE("device fsm: next_hop over all pairs, and the spec's examples") {
-  for (std::size_t f = 0; f < n; ++f)
-    for (std::size_t t = 0; t < n; ++t) {
-      CAPTURE(fsm::name(st(f)));
-      CAPTURE(fsm::name(st(t)));
-      CHECK(fsm::next_hop(st(f), st(t)) == from_letter(expected_next_hop[f][t]));
-    }
+  fsm_test::check_next_hop<device_state>(expected_next_hop, from_letter);
   using enum device_state;
   CHECK(fsm::next_hop(kept_alive, reclaimed) == ownerless);
   CHECK(fsm::next_hop(running, frozen) == kept_alive);
@@ -168,26 +132,21 @@ TEST_CASE("device fsm: next_hop over all pairs, and the spec's examples") {
 
 TEST_CASE("device fsm: walking next_hop from running reaches every state by arcs") {
   for (std::size_t t = 0; t < n; ++t) {
+    const device_state target = fsm_test::st<device_state>(t);
     device_state at = device_state::running;
     int steps = 0;
-    while (at != st(t) && steps < 10) {
-      const device_state hop = fsm::next_hop(at, st(t));
+    while (at != target && steps < 10) {
+      const device_state hop = fsm::next_hop(at, target);
       REQUIRE(fsm::check(at, hop) == errc::ok);
       at = hop;
       ++steps;
     }
-    CHECK(at == st(t));
+    CHECK(at == target);
   }
 }
 
 TEST_CASE("device fsm: properties") {
-  CHECK(fsm::device_table.every_state_reachable_from_initial());
-  CHECK(fsm::device_table.initial_reachable_from_every_state());
-  CHECK(fsm::device_table.every_state_has_failure_arc());
-  CHECK(fsm::device_table.error_left_only_by_reset());
-  CHECK(fsm::device_table.arc_kinds_consistent());
-  CHECK(fsm::device_table.blocked_arcs_map_to_error());
-  CHECK(fsm::device_table.routes_follow_arcs());
+  fsm_test::check_properties(fsm::device_table);
   CHECK(fsm::device_table.initial() == device_state::running);
   CHECK(fsm::device_table.error() == device_state::error);
 }
@@ -195,11 +154,7 @@ TEST_CASE("device fsm: properties") {
 TEST_CASE("device fsm: names, and values from outside") {
   constexpr std::array<std::string_view, n> names{"running", "kept_alive", "ownerless", "reclaimed",
                                                   "frozen",  "restored",   "error"};
-  for (std::size_t s = 0; s < n; ++s) CHECK(fsm::name(st(s)) == names[s]);
+  fsm_test::check_names<device_state>(names);
   const auto stray = static_cast<device_state>(VFIO_KEEPALIVE_STATE_ERROR + 1);
-  CHECK(fsm::name(stray) == "invalid");
-  CHECK(fsm::check(stray, device_state::running) == errc::invalid);
-  CHECK(fsm::check(device_state::running, stray) == errc::invalid);
-  CHECK_FALSE(fsm::allowed(stray, device_state::error));
   CHECK(fsm::next_hop(device_state::running, stray) == device_state::error);
 }

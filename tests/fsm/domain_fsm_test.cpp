@@ -8,13 +8,15 @@
 
 #include <keepalive/fsm/domain.hpp>
 
+#include "grid_check.hpp"
+
 using namespace keepalive;
 using fsm::domain_state;
+using fsm_test::named_arc;
 
 namespace {
 
 constexpr std::size_t n = 5;
-constexpr domain_state st(std::size_t i) { return static_cast<domain_state>(i); }
 
 // Row = from, column = to: none attached preserved adopted error.
 // o normal arc, r reset arc, f failure arc, b refused EBUSY.
@@ -45,12 +47,7 @@ constexpr domain_state from_letter(char c) {
   }
 }
 
-struct named_arc {
-  domain_state from;
-  domain_state to;
-  std::string_view name;
-};
-constexpr std::array<named_arc, 12> expected_arcs{{
+constexpr std::array<named_arc<domain_state>, 12> expected_arcs{{
     {domain_state::none, domain_state::attached, "attach"},
     {domain_state::attached, domain_state::none, "detach"},
     {domain_state::attached, domain_state::preserved, "preserve"},
@@ -68,42 +65,15 @@ constexpr std::array<named_arc, 12> expected_arcs{{
 }  // namespace
 
 TEST_CASE("domain fsm: every listed arc is allowed, named, and checks ok") {
-  CHECK(fsm::domain_arcs.size() == expected_arcs.size());
-  for (const named_arc& a : expected_arcs) {
-    CAPTURE(fsm::name(a.from));
-    CAPTURE(fsm::name(a.to));
-    CHECK(fsm::domain_allowed(a.from, a.to));
-    CHECK(fsm::check(a.from, a.to) == errc::ok);
-    CHECK(fsm::domain_table.arc_name(a.from, a.to) == a.name);
-  }
+  fsm_test::check_arcs(fsm::domain_table, fsm::domain_arcs.size(), expected_arcs);
 }
 
 TEST_CASE("domain fsm: all 25 pairs against the hand-written grid") {
-  std::size_t arcs = 0;
-  for (std::size_t f = 0; f < n; ++f)
-    for (std::size_t t = 0; t < n; ++t) {
-      const char want = expected_grid[f][t];
-      CAPTURE(fsm::name(st(f)));
-      CAPTURE(fsm::name(st(t)));
-      const bool arc = want != 'b';
-      arcs += arc ? 1 : 0;
-      CHECK(fsm::allowed(st(f), st(t)) == arc);
-      CHECK(fsm::check(st(f), st(t)) == (arc ? errc::ok : errc::busy));
-      CHECK(fsm::domain_table.direct(st(f), st(t)) == (arc ? st(t) : domain_state::error));
-      if (want == 'r') CHECK(fsm::domain_table.kind(st(f), st(t)) == fsm::arc_kind::reset);
-      if (want == 'f') CHECK(fsm::domain_table.kind(st(f), st(t)) == fsm::arc_kind::failure);
-      if (want == 'o') CHECK(fsm::domain_table.kind(st(f), st(t)) == fsm::arc_kind::normal);
-    }
-  CHECK(arcs == expected_arcs.size());
+  fsm_test::check_grid<domain_state>(fsm::domain_table, expected_grid, expected_arcs.size());
 }
 
 TEST_CASE("domain fsm: next_hop over all pairs, and examples") {
-  for (std::size_t f = 0; f < n; ++f)
-    for (std::size_t t = 0; t < n; ++t) {
-      CAPTURE(fsm::name(st(f)));
-      CAPTURE(fsm::name(st(t)));
-      CHECK(fsm::next_hop(st(f), st(t)) == from_letter(expected_next_hop[f][t]));
-    }
+  fsm_test::check_next_hop<domain_state>(expected_next_hop, from_letter);
   using enum domain_state;
   CHECK(fsm::next_hop(none, adopted) == attached);
   CHECK(fsm::domain_table.hops(none, adopted) == 3);  // attach, preserve, adopt
@@ -114,14 +84,7 @@ TEST_CASE("domain fsm: next_hop over all pairs, and examples") {
 }
 
 TEST_CASE("domain fsm: properties and names") {
-  CHECK(fsm::domain_table.every_state_reachable_from_initial());
-  CHECK(fsm::domain_table.initial_reachable_from_every_state());
-  CHECK(fsm::domain_table.every_state_has_failure_arc());
-  CHECK(fsm::domain_table.error_left_only_by_reset());
-  CHECK(fsm::domain_table.arc_kinds_consistent());
-  CHECK(fsm::domain_table.blocked_arcs_map_to_error());
-  CHECK(fsm::domain_table.routes_follow_arcs());
+  fsm_test::check_properties(fsm::domain_table);
   constexpr std::array<std::string_view, n> names{"none", "attached", "preserved", "adopted", "error"};
-  for (std::size_t s = 0; s < n; ++s) CHECK(fsm::name(st(s)) == names[s]);
-  CHECK(fsm::name(static_cast<domain_state>(n)) == "invalid");
+  fsm_test::check_names<domain_state>(names);
 }

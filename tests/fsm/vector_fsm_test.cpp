@@ -8,13 +8,15 @@
 
 #include <keepalive/fsm/vector.hpp>
 
+#include "grid_check.hpp"
+
 using namespace keepalive;
 using fsm::vector_state;
+using fsm_test::named_arc;
 
 namespace {
 
 constexpr std::size_t n = 6;
-constexpr vector_state st(std::size_t i) { return static_cast<vector_state>(i); }
 
 // Row = from, column = to: free remapped posted preserved reconnected error.
 // o normal arc, r reset arc, f failure arc, b refused EBUSY.
@@ -48,12 +50,7 @@ constexpr vector_state from_letter(char c) {
   }
 }
 
-struct named_arc {
-  vector_state from;
-  vector_state to;
-  std::string_view name;
-};
-constexpr std::array<named_arc, 17> expected_arcs{{
+constexpr std::array<named_arc<vector_state>, 17> expected_arcs{{
     {vector_state::free, vector_state::remapped, "setup"},
     {vector_state::remapped, vector_state::posted, "connect"},
     {vector_state::posted, vector_state::remapped, "disconnect"},
@@ -76,42 +73,15 @@ constexpr std::array<named_arc, 17> expected_arcs{{
 }  // namespace
 
 TEST_CASE("vector fsm: every listed arc is allowed, named, and checks ok") {
-  CHECK(fsm::vector_arcs.size() == expected_arcs.size());
-  for (const named_arc& a : expected_arcs) {
-    CAPTURE(fsm::name(a.from));
-    CAPTURE(fsm::name(a.to));
-    CHECK(fsm::vector_allowed(a.from, a.to));
-    CHECK(fsm::check(a.from, a.to) == errc::ok);
-    CHECK(fsm::vector_table.arc_name(a.from, a.to) == a.name);
-  }
+  fsm_test::check_arcs(fsm::vector_table, fsm::vector_arcs.size(), expected_arcs);
 }
 
 TEST_CASE("vector fsm: all 36 pairs against the hand-written grid") {
-  std::size_t arcs = 0;
-  for (std::size_t f = 0; f < n; ++f)
-    for (std::size_t t = 0; t < n; ++t) {
-      const char want = expected_grid[f][t];
-      CAPTURE(fsm::name(st(f)));
-      CAPTURE(fsm::name(st(t)));
-      const bool arc = want != 'b';
-      arcs += arc ? 1 : 0;
-      CHECK(fsm::allowed(st(f), st(t)) == arc);
-      CHECK(fsm::check(st(f), st(t)) == (arc ? errc::ok : errc::busy));
-      CHECK(fsm::vector_table.direct(st(f), st(t)) == (arc ? st(t) : vector_state::error));
-      if (want == 'r') CHECK(fsm::vector_table.kind(st(f), st(t)) == fsm::arc_kind::reset);
-      if (want == 'f') CHECK(fsm::vector_table.kind(st(f), st(t)) == fsm::arc_kind::failure);
-      if (want == 'o') CHECK(fsm::vector_table.kind(st(f), st(t)) == fsm::arc_kind::normal);
-    }
-  CHECK(arcs == expected_arcs.size());
+  fsm_test::check_grid<vector_state>(fsm::vector_table, expected_grid, expected_arcs.size());
 }
 
 TEST_CASE("vector fsm: next_hop over all pairs, and examples") {
-  for (std::size_t f = 0; f < n; ++f)
-    for (std::size_t t = 0; t < n; ++t) {
-      CAPTURE(fsm::name(st(f)));
-      CAPTURE(fsm::name(st(t)));
-      CHECK(fsm::next_hop(st(f), st(t)) == from_letter(expected_next_hop[f][t]));
-    }
+  fsm_test::check_next_hop<vector_state>(expected_next_hop, from_letter);
   using enum vector_state;
   CHECK(fsm::next_hop(free, posted) == remapped);                 // setup, then connect
   CHECK(fsm::next_hop(preserved, posted) == reconnected);         // reconnect, then drain
@@ -124,15 +94,7 @@ TEST_CASE("vector fsm: next_hop over all pairs, and examples") {
 }
 
 TEST_CASE("vector fsm: properties and names") {
-  CHECK(fsm::vector_table.every_state_reachable_from_initial());
-  CHECK(fsm::vector_table.initial_reachable_from_every_state());
-  CHECK(fsm::vector_table.every_state_has_failure_arc());
-  CHECK(fsm::vector_table.error_left_only_by_reset());
-  CHECK(fsm::vector_table.arc_kinds_consistent());
-  CHECK(fsm::vector_table.blocked_arcs_map_to_error());
-  CHECK(fsm::vector_table.routes_follow_arcs());
+  fsm_test::check_properties(fsm::vector_table);
   constexpr std::array<std::string_view, n> names{"free", "remapped", "posted", "preserved", "reconnected", "error"};
-  for (std::size_t s = 0; s < n; ++s) CHECK(fsm::name(st(s)) == names[s]);
-  CHECK(fsm::name(static_cast<vector_state>(n)) == "invalid");
-  CHECK(fsm::check(static_cast<vector_state>(n), vector_state::free) == errc::invalid);
+  fsm_test::check_names<vector_state>(names);
 }
