@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <cstring>
+#include <map>
 #include <set>
 
 #include <fmt/format.h>
@@ -170,6 +171,7 @@ long kernel_core::vm_ioctl(int pid, file& vm, unsigned long cmd, void* arg) {
 
 void kernel_core::preserve_device(vdev& d) {
   using enum fsm::vector_state;
+  std::map<const pid_obj*, std::shared_ptr<pid_obj>> kept;  // vCPU descriptor -> its keepalive copy
   for (unsigned i = 0; i < d.vectors.size(); ++i) {
     auto& s = d.vectors[i];
     if (s.state == free || s.state == preserved) continue;
@@ -178,8 +180,23 @@ void kernel_core::preserve_device(vdev& d) {
       s.masked_for_keepalive = true;
       s.pid.reset();
     } else if (s.state == posted || s.state == reconnected) {
-      desc(*s.pid).set_sn();  // accumulate in PIR, notify nobody
-      s.pid->preserved = true;
+      // The vCPU's descriptor dies with its VM: posting moves to a descriptor
+      // keepalive owns (SN set: record, notify nobody). IRTE first, then the
+      // bit already posted moves, so nothing lands behind the move.
+      auto& copy = kept[s.pid.get()];
+      if (!copy) {
+        copy = new_pid(s.pid->ndst, true);
+        if (copy) copy->preserved = true;
+      }
+      if (copy) {
+        const auto from = std::exchange(s.pid, copy);
+        from->irqfds.erase(s.pir_bit.value());
+        write_irte_posted(d, s);
+        if (take_pir_bit(*from, s.pir_bit)) (void)desc(*copy).post(s.pir_bit, false);
+      } else {  // out of memory: the vCPU's descriptor itself is held
+        desc(*s.pid).set_sn();
+        s.pid->preserved = true;
+      }
     } else {  // remapped: park it in a keepalive descriptor
       if (!d.parking) {
         d.parking = new_pid(cfg_.host_cpu, true);
