@@ -18,14 +18,6 @@
 #include "sim_uapi.h"
 
 namespace keepalive::transport_test {
-namespace {
-constexpr std::uint64_t bar0_region = std::uint64_t{VFIO_PCI_BAR0_REGION_INDEX} << 40;
-constexpr std::uint64_t config_region = std::uint64_t{VFIO_PCI_CONFIG_REGION_INDEX} << 40;
-status from_rc(long rc, const char* what) {
-  if (rc < 0) return {errc_from_errno(static_cast<int>(-rc)), what};
-  return {};
-}
-}  // namespace
 
 // ------------------------------------------------------------------ programs
 
@@ -182,99 +174,25 @@ remote_guest::~remote_guest() {
 
 // ------------------------------------------------------------------ vmm
 
+std::uint64_t remote_vmm::map_ram(sim_transport& t, std::uint64_t bytes) {
+  // Guest RAM is this VMM's own mapping of the memfd; MAP_DMA gets its pointer,
+  // as against real VFIO. 0 (no mapping) makes the open fail with ENOMEM.
+  return reinterpret_cast<std::uintptr_t>(t.map_phys(t.guest_start(), bytes));
+}
+
 remote_vmm::remote_vmm(std::unique_ptr<sim_transport> t, remote_guest& g, const sim::testing::guest_layout& layout,
                        bdf nic)
-    : t_{std::move(t)}, guest_{g}, layout_{layout}, nic_{nic} {}
-
-status remote_vmm::open_device(const std::optional<token>& t) {
-  auto& s = *t_;
-  // Guest RAM is this VMM's own mapping of the memfd; MAP_DMA gets its pointer.
-  ram_ = s.map_phys(s.guest_start(), layout_.ram_bytes);
-  if (!ram_) return {errc::no_memory, "map guest RAM"};
-  auto c = s.open("/dev/vfio/vfio", O_RDWR);
-  if (!c) return c.err();
-  container_ = *c;
-  auto g = s.open("/dev/vfio/" + std::to_string(nic_.devfn()), O_RDWR);
-  if (!g) return g.err();
-  group_ = *g;
-  if (auto st = from_rc(s.ioctl(group_, VFIO_GROUP_SET_CONTAINER, &container_), "SET_CONTAINER"); !st) return st;
-  if (auto st = from_rc(s.ioctl(container_, VFIO_SET_IOMMU, reinterpret_cast<void*>(std::uintptr_t{VFIO_TYPE1v2_IOMMU})),
-                        "SET_IOMMU");
-      !st)
-    return st;
-  std::string name = t ? abi::reclaim_name(nic_, *t) : nic_.to_string();
-  const long fd = s.ioctl(group_, VFIO_GROUP_GET_DEVICE_FD, name.data());
-  if (fd < 0) return from_rc(fd, "GET_DEVICE_FD");
-  device_ = static_cast<int>(fd);
-  vfio_iommu_type1_dma_map map{};
-  map.argsz = sizeof map;
-  map.flags = VFIO_DMA_MAP_FLAG_READ | VFIO_DMA_MAP_FLAG_WRITE;
-  map.vaddr = reinterpret_cast<std::uintptr_t>(ram_);  // a real pointer, as against real VFIO
-  map.iova = 0;
-  map.size = layout_.ram_bytes;
-  if (auto st = from_rc(s.ioctl(container_, VFIO_IOMMU_MAP_DMA, &map), "MAP_DMA"); !st) return st;
-  if (map.vaddr != reinterpret_cast<std::uintptr_t>(ram_)) return {errc::io, "MAP_DMA: vaddr not restored"};
-  return {};
-}
-
-status remote_vmm::connect_vector() {
-  auto& s = *t_;
-  alignas(8) std::byte buf[sizeof(vfio_irq_set) + sizeof(std::int32_t)]{};
-  auto* set = reinterpret_cast<vfio_irq_set*>(buf);
-  set->argsz = sizeof buf;
-  set->flags = VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER;
-  set->index = VFIO_PCI_MSIX_IRQ_INDEX;
-  set->start = 0;
-  set->count = 1;
-  const std::int32_t efd = guest_.irq_fd();
-  std::memcpy(buf + sizeof(vfio_irq_set), &efd, sizeof efd);
-  if (auto st = from_rc(s.ioctl(device_, VFIO_DEVICE_SET_IRQS, set), "SET_IRQS"); !st) return st;
-  std::int32_t back;
-  std::memcpy(&back, buf + sizeof(vfio_irq_set), sizeof back);
-  if (back != efd) return {errc::io, "SET_IRQS: eventfd not restored"};
-  auto vm = s.open("/dev/kvm", O_RDWR);
-  if (!vm) return vm.err();
-  vm_ = *vm;
-  ka_sim_pid pid{};
-  pid.size = sizeof pid;
-  pid.host_apic_id = 1;
-  if (auto st = from_rc(s.ioctl(vm_, KA_SIM_CREATE_PID, &pid), "CREATE_PID"); !st) return st;
-  ka_sim_irq_bypass b{};
-  b.size = sizeof b;
-  b.device_fd = device_;
-  b.msix_index = 0;
-  b.pid_id = pid.out_pid_id;
-  b.guest_vector = 0x40;
-  b.irqfd = guest_.irq_fd();
-  const long rc = s.ioctl(vm_, KA_SIM_IRQ_BYPASS, &b);
-  if (b.irqfd != guest_.irq_fd()) return {errc::io, "IRQ_BYPASS: irqfd not restored"};
-  if (rc == -EOPNOTSUPP) return {};  // no posting: the vector stays remapped to the eventfd
-  return from_rc(rc, "IRQ_BYPASS");
-}
-
-device_access remote_vmm::access() {
-  return {[this](std::uint64_t reg) -> std::optional<std::uint64_t> {
-            auto v = read_reg(reg);
-            return v ? std::optional{*v} : std::nullopt;
-          },
-          [this](std::uint64_t reg, std::uint64_t v) { return static_cast<bool>(write_reg(reg, v)); }};
-}
+    : t_{std::move(t)}, guest_{g}, flow_{*t_, nic, layout.ram_bytes, map_ram(*t_, layout.ram_bytes), g.irq_fd()} {}
 
 status remote_vmm::cold_start(std::uint64_t rate_pps, std::uint32_t irq_mod_pkts, std::uint32_t irq_mod_usec) {
-  if (auto st = open_device(std::nullopt); !st) return st;
-  std::uint16_t cmd = 0x6;  // memory space + bus master
-  if (auto r = t_->pwrite(device_, std::as_bytes(std::span{&cmd, 1}), config_region + 4); !r) return r.err();
-  if (auto st = connect_vector(); !st) return st;
-  if (auto st = write_reg(KA_NIC_IRQ_MOD_PKTS, irq_mod_pkts); !st) return st;
-  if (auto st = write_reg(KA_NIC_IRQ_MOD_USEC, irq_mod_usec); !st) return st;
+  if (auto st = flow_.open_device(std::nullopt); !st) return st;
   guest_.attach(access());
-  if (!guest_.init_ring()) return {errc::io, "guest ring init"};
-  return write_reg(KA_NIC_RATE_PPS, rate_pps);
+  return flow_.start_nic(guest_, rate_pps, irq_mod_pkts, irq_mod_usec);
 }
 
 status remote_vmm::reclaim(const std::optional<token>& t) {
-  if (auto st = open_device(t); !st) return st;
-  if (auto st = connect_vector(); !st) return st;
+  if (auto st = flow_.open_device(t); !st) return st;
+  if (auto st = flow_.connect_vector(); !st) return st;
   guest_.attach(access());
   if (t) return leave_keepalive(*t);
   return {};
@@ -283,18 +201,6 @@ status remote_vmm::reclaim(const std::optional<token>& t) {
 void remote_vmm::kill() {
   guest_.detach();
   t_.reset();
-}
-
-status remote_vmm::write_reg(std::uint64_t off, std::uint64_t v) {
-  auto r = t_->pwrite(device_, std::as_bytes(std::span{&v, 1}), bar0_region + off);
-  return r ? status{} : status{r.err()};
-}
-
-result<std::uint64_t> remote_vmm::read_reg(std::uint64_t off) {
-  std::uint64_t v = 0;
-  auto r = t_->pread(device_, std::as_writable_bytes(std::span{&v, 1}), bar0_region + off);
-  if (!r) return r.err();
-  return v;
 }
 
 }  // namespace keepalive::transport_test

@@ -106,6 +106,8 @@ class remote_guest final : public sim::testing::guest {
   std::uint64_t bytes_;
 };
 
+// A VMM over the daemon: the shared VFIO flow (kernel/sim/testing) over its
+// own connection, with guest RAM mapped from the memfd the daemon handed it.
 class remote_vmm {
  public:
   remote_vmm(std::unique_ptr<sim_transport> t, remote_guest& g, const sim::testing::guest_layout& layout,
@@ -115,25 +117,21 @@ class remote_vmm {
   remote_vmm& operator=(const remote_vmm&) = delete;
   status cold_start(std::uint64_t rate_pps, std::uint32_t irq_mod_pkts = 16, std::uint32_t irq_mod_usec = 200);
   status reclaim(const std::optional<token>& t);
-  result<abi::enter_reply> enter_keepalive(const token& t) { return abi::keepalive_enter(*t_, device_, t); }
-  status leave_keepalive(const token& t) { return abi::keepalive_leave(*t_, device_, t); }
+  result<abi::enter_reply> enter_keepalive(const token& t) { return abi::keepalive_enter(*t_, flow_.device_fd(), t); }
+  status leave_keepalive(const token& t) { return abi::keepalive_leave(*t_, flow_.device_fd(), t); }
   // The VMM dies: its socket closes with nothing closed first (SIGKILL).
   void kill();
   [[nodiscard]] sim_transport& sys() { return *t_; }
-  [[nodiscard]] int device_fd() const noexcept { return device_; }
-  status write_reg(std::uint64_t off, std::uint64_t v);
-  result<std::uint64_t> read_reg(std::uint64_t off);
-  [[nodiscard]] device_access access();
+  [[nodiscard]] int device_fd() const noexcept { return flow_.device_fd(); }
+  status write_reg(std::uint64_t off, std::uint64_t v) { return flow_.write_reg(off, v); }
+  result<std::uint64_t> read_reg(std::uint64_t off) { return flow_.read_reg(off); }
+  [[nodiscard]] device_access access() { return flow_.access(); }
 
  private:
-  status open_device(const std::optional<token>& t);
-  status connect_vector();
+  static std::uint64_t map_ram(sim_transport& t, std::uint64_t bytes);
   std::unique_ptr<sim_transport> t_;
   remote_guest& guest_;
-  sim::testing::guest_layout layout_;
-  bdf nic_;
-  void* ram_ = nullptr;
-  int container_ = -1, group_ = -1, device_ = -1, vm_ = -1;
+  sim::testing::vfio_flow flow_;
 };
 
 }  // namespace keepalive::transport_test

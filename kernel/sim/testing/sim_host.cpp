@@ -128,37 +128,40 @@ void guest::consume() {
     ++tail_write_failures;
 }
 
-// ------------------------------------------------------------------ vmm
+// ------------------------------------------------------------------ VFIO flow
 
-vmm::vmm(kernel& k, std::string name, guest& g, const guest_layout& layout, hpa guest_ram, bdf nic)
-    : k_{k}, proc_{k.spawn(std::move(name))}, guest_{g}, layout_{layout}, ram_{guest_ram}, nic_{nic} {}
+vfio_flow::vfio_flow(abi::syscalls& sys, bdf nic, std::uint64_t ram_bytes, std::uint64_t ram_vaddr, int irq_fd)
+    : sys_{sys}, nic_{nic}, ram_bytes_{ram_bytes}, ram_vaddr_{ram_vaddr}, irq_fd_{irq_fd} {}
 
-status vmm::open_device(const std::optional<token>& t) {
-  auto& s = *proc_;
-  auto c = s.open("/dev/vfio/vfio", O_RDWR);
+status vfio_flow::open_device(const std::optional<token>& t) {
+  if (ram_vaddr_ == 0) return {errc::no_memory, "map guest RAM"};
+  auto c = sys_.open("/dev/vfio/vfio", O_RDWR);
   if (!c) return c.err();
   container_ = *c;
-  auto g = s.open("/dev/vfio/" + std::to_string(nic_.source_id()), O_RDWR);
+  auto g = sys_.open("/dev/vfio/" + std::to_string(nic_.source_id()), O_RDWR);
   if (!g) return g.err();
   group_ = *g;
-  if (auto st = from_rc(s.ioctl(group_, VFIO_GROUP_SET_CONTAINER, &container_), "SET_CONTAINER"); !st) return st;
-  if (auto st = from_rc(s.ioctl(container_, VFIO_SET_IOMMU, reinterpret_cast<void*>(std::uintptr_t{VFIO_TYPE1v2_IOMMU})), "SET_IOMMU"); !st)
+  if (auto st = from_rc(sys_.ioctl(group_, VFIO_GROUP_SET_CONTAINER, &container_), "SET_CONTAINER"); !st) return st;
+  if (auto st = from_rc(sys_.ioctl(container_, VFIO_SET_IOMMU, reinterpret_cast<void*>(std::uintptr_t{VFIO_TYPE1v2_IOMMU})),
+                        "SET_IOMMU");
+      !st)
     return st;
   std::string name = t ? abi::reclaim_name(nic_, *t) : nic_.to_string();
-  const long fd = s.ioctl(group_, VFIO_GROUP_GET_DEVICE_FD, name.data());
+  const long fd = sys_.ioctl(group_, VFIO_GROUP_GET_DEVICE_FD, name.data());
   if (fd < 0) return from_rc(fd, "GET_DEVICE_FD");
   device_ = static_cast<int>(fd);
   vfio_iommu_type1_dma_map map{};
   map.argsz = sizeof map;
   map.flags = VFIO_DMA_MAP_FLAG_READ | VFIO_DMA_MAP_FLAG_WRITE;
-  map.vaddr = ram_.value();  // sim convention: the physical-memory offset of guest RAM
+  map.vaddr = ram_vaddr_;
   map.iova = 0;
-  map.size = layout_.ram_bytes;
-  return from_rc(s.ioctl(container_, VFIO_IOMMU_MAP_DMA, &map), "MAP_DMA");
+  map.size = ram_bytes_;
+  if (auto st = from_rc(sys_.ioctl(container_, VFIO_IOMMU_MAP_DMA, &map), "MAP_DMA"); !st) return st;
+  if (map.vaddr != ram_vaddr_) return {errc::io, "MAP_DMA: vaddr not restored"};
+  return {};
 }
 
-status vmm::connect_vector() {
-  auto& s = *proc_;
+status vfio_flow::connect_vector() {
   // The same eventfd for VFIO and for the VM's irqfd, as QEMU does: with
   // posting, delivery bypasses it; without, it is the interrupt.
   alignas(8) std::byte buf[sizeof(vfio_irq_set) + sizeof(std::int32_t)]{};
@@ -168,85 +171,102 @@ status vmm::connect_vector() {
   set->index = VFIO_PCI_MSIX_IRQ_INDEX;
   set->start = 0;
   set->count = 1;
-  const std::int32_t efd = guest_.irq_fd();
+  const std::int32_t efd = irq_fd_;
   std::memcpy(buf + sizeof(vfio_irq_set), &efd, sizeof efd);
-  if (auto st = from_rc(s.ioctl(device_, VFIO_DEVICE_SET_IRQS, set), "SET_IRQS"); !st) return st;
-  auto vm = s.open("/dev/kvm", O_RDWR);
+  if (auto st = from_rc(sys_.ioctl(device_, VFIO_DEVICE_SET_IRQS, set), "SET_IRQS"); !st) return st;
+  std::int32_t back;
+  std::memcpy(&back, buf + sizeof(vfio_irq_set), sizeof back);
+  if (back != efd) return {errc::io, "SET_IRQS: eventfd not restored"};
+  auto vm = sys_.open("/dev/kvm", O_RDWR);
   if (!vm) return vm.err();
   vm_ = *vm;
   ka_sim_pid pid{};
   pid.size = sizeof pid;
   pid.host_apic_id = 1;
-  if (auto st = from_rc(s.ioctl(vm_, KA_SIM_CREATE_PID, &pid), "CREATE_PID"); !st) return st;
+  if (auto st = from_rc(sys_.ioctl(vm_, KA_SIM_CREATE_PID, &pid), "CREATE_PID"); !st) return st;
   ka_sim_irq_bypass b{};
   b.size = sizeof b;
   b.device_fd = device_;
   b.msix_index = 0;
   b.pid_id = pid.out_pid_id;
   b.guest_vector = 0x40;
-  b.irqfd = guest_.irq_fd();
-  const long rc = s.ioctl(vm_, KA_SIM_IRQ_BYPASS, &b);
+  b.irqfd = irq_fd_;
+  const long rc = sys_.ioctl(vm_, KA_SIM_IRQ_BYPASS, &b);
+  if (b.irqfd != irq_fd_) return {errc::io, "IRQ_BYPASS: irqfd not restored"};
   // Without posted interrupts the vector stays remapped: the kernel signals
   // the same eventfd, which is what a VMM falls back to.
   if (rc == -EOPNOTSUPP) return {};
   return from_rc(rc, "IRQ_BYPASS");
 }
 
-status vmm::cold_start(std::uint64_t rate_pps, std::uint32_t irq_mod_pkts, std::uint32_t irq_mod_usec) {
-  if (auto st = open_device(std::nullopt); !st) return st;
+status vfio_flow::start_nic(guest& g, std::uint64_t rate_pps, std::uint32_t irq_mod_pkts, std::uint32_t irq_mod_usec) {
   std::uint16_t cmd = 0x6;  // memory space + bus master
-  if (auto r = proc_->pwrite(device_, std::as_bytes(std::span{&cmd, 1}), config_region + 4); !r) return r.err();
+  if (auto r = sys_.pwrite(device_, std::as_bytes(std::span{&cmd, 1}), config_region + 4); !r) return r.err();
   if (auto st = connect_vector(); !st) return st;
   if (auto st = write_reg(KA_NIC_IRQ_MOD_PKTS, irq_mod_pkts); !st) return st;
   if (auto st = write_reg(KA_NIC_IRQ_MOD_USEC, irq_mod_usec); !st) return st;
-  if (!guest_.init_ring()) return {errc::io, "guest driver: ring init"};
-  return set_rate(rate_pps);
+  if (!g.init_ring()) return {errc::io, "guest driver: ring init"};
+  return write_reg(KA_NIC_RATE_PPS, rate_pps);
 }
 
-status vmm::reclaim(const std::optional<token>& t) {
-  if (auto st = open_device(t); !st) return st;
-  if (auto st = connect_vector(); !st) return st;
-  if (t) return leave_keepalive(*t);
-  return {};
-}
-
-status vmm::fd_handoff() {
-  auto& s = *proc_;
+status vfio_flow::fd_handoff() {
   vfio_iommu_type1_dma_unmap u{};
   u.argsz = sizeof u;
   u.flags = VFIO_DMA_UNMAP_FLAG_VADDR;
   u.iova = 0;
-  u.size = layout_.ram_bytes;
-  if (auto st = from_rc(s.ioctl(container_, VFIO_IOMMU_UNMAP_DMA, &u), "UNMAP_DMA(VADDR)"); !st) return st;
+  u.size = ram_bytes_;
+  if (auto st = from_rc(sys_.ioctl(container_, VFIO_IOMMU_UNMAP_DMA, &u), "UNMAP_DMA(VADDR)"); !st) return st;
   vfio_iommu_type1_dma_map m{};
   m.argsz = sizeof m;
   m.flags = VFIO_DMA_MAP_FLAG_VADDR;
-  m.vaddr = ram_.value();
+  m.vaddr = ram_vaddr_;
   m.iova = 0;
-  m.size = layout_.ram_bytes;
-  if (auto st = from_rc(s.ioctl(container_, VFIO_IOMMU_MAP_DMA, &m), "MAP_DMA(VADDR)"); !st) return st;
-  if (vm_ >= 0) (void)s.close(vm_);  // the old VM goes; the new one gets new descriptors
+  m.size = ram_bytes_;
+  if (auto st = from_rc(sys_.ioctl(container_, VFIO_IOMMU_MAP_DMA, &m), "MAP_DMA(VADDR)"); !st) return st;
+  if (vm_ >= 0) (void)sys_.close(vm_);  // the old VM goes; the new one gets new descriptors
   vm_ = -1;
   return connect_vector();
 }
 
-result<abi::enter_reply> vmm::enter_keepalive(const token& t) { return abi::keepalive_enter(*proc_, device_, t); }
-status vmm::leave_keepalive(const token& t) { return abi::keepalive_leave(*proc_, device_, t); }
+status vfio_flow::write_reg(std::uint64_t off, std::uint64_t v) {
+  auto r = sys_.pwrite(device_, std::as_bytes(std::span{&v, 1}), bar0_region + off);
+  return r ? status{} : status{r.err()};
+}
+
+result<std::uint64_t> vfio_flow::read_reg(std::uint64_t off) {
+  std::uint64_t v = 0;
+  auto r = sys_.pread(device_, std::as_writable_bytes(std::span{&v, 1}), bar0_region + off);
+  if (!r) return r.err();
+  return v;
+}
+
+device_access vfio_flow::access() {
+  return {[this](std::uint64_t reg) -> std::optional<std::uint64_t> {
+            auto v = read_reg(reg);
+            return v ? std::optional{*v} : std::nullopt;
+          },
+          [this](std::uint64_t reg, std::uint64_t v) { return static_cast<bool>(write_reg(reg, v)); }};
+}
+
+// ------------------------------------------------------------------ vmm
+
+vmm::vmm(kernel& k, std::string name, guest& g, const guest_layout& layout, hpa guest_ram, bdf nic)
+    : proc_{k.spawn(std::move(name))}, guest_{g}, flow_{*proc_, nic, layout.ram_bytes, guest_ram.value(), g.irq_fd()} {}
+
+status vmm::cold_start(std::uint64_t rate_pps, std::uint32_t irq_mod_pkts, std::uint32_t irq_mod_usec) {
+  if (auto st = flow_.open_device(std::nullopt); !st) return st;
+  return flow_.start_nic(guest_, rate_pps, irq_mod_pkts, irq_mod_usec);
+}
+
+status vmm::reclaim(const std::optional<token>& t) {
+  if (auto st = flow_.open_device(t); !st) return st;
+  if (auto st = flow_.connect_vector(); !st) return st;
+  if (t) return leave_keepalive(*t);
+  return {};
+}
 
 void vmm::exit() {
   if (proc_) proc_->exit();
 }
-
-status vmm::write_reg(std::uint64_t off, std::uint64_t v) {
-  auto r = proc_->pwrite(device_, std::as_bytes(std::span{&v, 1}), bar0_region + off);
-  return r ? status{} : status{r.err()};
-}
-result<std::uint64_t> vmm::read_reg(std::uint64_t off) {
-  std::uint64_t v = 0;
-  auto r = proc_->pread(device_, std::as_writable_bytes(std::span{&v, 1}), bar0_region + off);
-  if (!r) return r.err();
-  return v;
-}
-status vmm::set_rate(std::uint64_t pps) { return write_reg(KA_NIC_RATE_PPS, pps); }
 
 }  // namespace keepalive::sim::testing

@@ -78,6 +78,39 @@ class guest {
   std::thread thread_;
 };
 
+// The VFIO flow of a test VMM over any syscall seam (the in-process sim
+// kernel or the daemon transport): open the NIC plainly or with the token,
+// map guest RAM at IOVA 0, MSI-X vector 0 through the guest's eventfd, posted
+// into a new VM's descriptor where the host can post. Every in/out struct is
+// checked to come back as sent (the transport marshals them).
+class vfio_flow {
+ public:
+  // ram_vaddr: what MAP_DMA gets (in-process: the offset of guest RAM in the
+  // phys memfd; over the daemon: the VMM's own mapping of it; 0: none).
+  vfio_flow(abi::syscalls& sys, bdf nic, std::uint64_t ram_bytes, std::uint64_t ram_vaddr, int irq_fd);
+  status open_device(const std::optional<token>& t);
+  status connect_vector();
+  // Cold start after open: bus master, vector, moderation, the guest driver's ring, rate.
+  status start_nic(guest& g, std::uint64_t rate_pps, std::uint32_t irq_mod_pkts, std::uint32_t irq_mod_usec);
+  // The fd hand-over way (QEMU CPR), done in place: device fds stay open,
+  // the guest RAM mapping's vaddr is invalidated and re-pointed, the vector
+  // re-wired to a new VM's descriptor. No keepalive state in the kernel.
+  status fd_handoff();
+  status write_reg(std::uint64_t off, std::uint64_t v);
+  result<std::uint64_t> read_reg(std::uint64_t off);
+  [[nodiscard]] device_access access();
+  [[nodiscard]] abi::syscalls& sys() noexcept { return sys_; }
+  [[nodiscard]] int device_fd() const noexcept { return device_; }
+  [[nodiscard]] int container_fd() const noexcept { return container_; }
+
+ private:
+  abi::syscalls& sys_;
+  bdf nic_;
+  std::uint64_t ram_bytes_, ram_vaddr_;
+  int irq_fd_;
+  int container_ = -1, group_ = -1, device_ = -1, vm_ = -1;
+};
+
 // A VMM process's view: one passthrough NIC, its DMA mapping, one vector
 // posted into a vCPU descriptor whose delivery signals the guest's eventfd.
 class vmm {
@@ -88,30 +121,21 @@ class vmm {
   // Restart: reclaim with the token (or open plainly when token is empty),
   // reconnect the vector, drain, leave keepalive.
   status reclaim(const std::optional<token>& t);
-  result<abi::enter_reply> enter_keepalive(const token& t);
-  status leave_keepalive(const token& t);
+  result<abi::enter_reply> enter_keepalive(const token& t) { return abi::keepalive_enter(*proc_, flow_.device_fd(), t); }
+  status leave_keepalive(const token& t) { return abi::keepalive_leave(*proc_, flow_.device_fd(), t); }
   void exit();  // the process dies (closes everything, like SIGKILL)
-  // The fd hand-over way (QEMU CPR), done in place: device fds stay open,
-  // the guest RAM mapping's vaddr is invalidated and re-pointed, the vector
-  // re-wired to a new VM's descriptor. No keepalive state in the kernel.
-  status fd_handoff();
+  status fd_handoff() { return flow_.fd_handoff(); }
   [[nodiscard]] abi::syscalls& sys() { return *proc_; }
-  [[nodiscard]] int device_fd() const noexcept { return device_; }
-  [[nodiscard]] int container_fd() const noexcept { return container_; }
-  status set_rate(std::uint64_t pps);
-  status write_reg(std::uint64_t off, std::uint64_t v);
-  result<std::uint64_t> read_reg(std::uint64_t off);
+  [[nodiscard]] int device_fd() const noexcept { return flow_.device_fd(); }
+  [[nodiscard]] int container_fd() const noexcept { return flow_.container_fd(); }
+  status set_rate(std::uint64_t pps) { return flow_.write_reg(KA_NIC_RATE_PPS, pps); }
+  status write_reg(std::uint64_t off, std::uint64_t v) { return flow_.write_reg(off, v); }
+  result<std::uint64_t> read_reg(std::uint64_t off) { return flow_.read_reg(off); }
 
  private:
-  status open_device(const std::optional<token>& t);
-  status connect_vector();
-  kernel& k_;
   std::shared_ptr<process> proc_;
   guest& guest_;
-  guest_layout layout_;
-  hpa ram_;
-  bdf nic_;
-  int container_ = -1, group_ = -1, device_ = -1, vm_ = -1, trigger_ = -1;
+  vfio_flow flow_;
 };
 
 }  // namespace keepalive::sim::testing
