@@ -27,8 +27,6 @@
 #include <linux/vfio.h>
 #include <linux/vfio_keepalive.h>
 #include <sys/eventfd.h>
-#include <sys/syscall.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -54,21 +52,6 @@
 #include "platform.hpp"
 #include "sim_ops.hpp"
 #include "sim_uapi.h"
-
-namespace {
-// The NIC's FLR sleeps the 100 ms PCIe makes software wait after a reset (the
-// reset itself is synchronous: nothing observable happens during the wait).
-// On the fuzzing thread that wait is skipped; it would cap the target at a
-// few inputs per second.
-thread_local bool skip_flr_wait = false;
-}  // namespace
-
-extern "C" int nanosleep(const struct timespec* req, struct timespec* rem) {
-  if (skip_flr_wait && req && req->tv_sec == 0 &&
-      req->tv_nsec == static_cast<long>(keepalive::hw::pci::flr_wait_ms) * 1'000'000)
-    return 0;
-  return static_cast<int>(::syscall(SYS_nanosleep, req, rem));
-}
 
 namespace {
 using namespace keepalive;
@@ -137,6 +120,9 @@ struct host {
     pc.phys_bytes = 96ull << 20;
     pc.nics = 2;
     pc.posted_interrupts = posted;
+    // The FLR's 100 ms wait (nothing observable happens during it) would cap
+    // the target at a few inputs per second.
+    pc.flr_wait = std::chrono::milliseconds{0};
     auto p = platform::create(pc);
     if (!p) finding("platform::create: " + p.err().message());
     plat = std::move(*p);
@@ -747,7 +733,6 @@ harness* the_harness = nullptr;
 }  // namespace
 
 extern "C" int LLVMFuzzerInitialize(int*, char***) {
-  skip_flr_wait = true;
   the_harness = new harness;  // lives as long as the process: the persistent hosts
   return 0;
 }

@@ -43,8 +43,8 @@ bool payload_len_valid(std::uint64_t n) noexcept { return n >= 4 && n <= max_pay
 
 }  // namespace
 
-nic::nic(bdf address, iommu& unit, unsigned msix_vectors)
-    : pci_function{address}, unit_{unit}, msix_(msix_vectors) {
+nic::nic(bdf address, iommu& unit, unsigned msix_vectors, std::chrono::milliseconds flr_wait)
+    : pci_function{address}, unit_{unit}, flr_wait_{flr_wait}, msix_(msix_vectors) {
   std::unique_lock lk{mu_};
   reset_locked();
   thread_ = std::thread{[this] { run(); }};
@@ -254,7 +254,7 @@ void nic::function_level_reset() {
   }
   poke();
   // PCIe: software may not touch the function for 100 ms after initiating FLR.
-  std::this_thread::sleep_for(std::chrono::milliseconds{pci::flr_wait_ms});
+  if (flr_wait_.count() > 0) std::this_thread::sleep_for(flr_wait_);
 }
 
 nic_stats nic::stats() const {

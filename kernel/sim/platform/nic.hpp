@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "iommu.hpp"
+#include "keepalive/hw/pci.hpp"
 #include "nic_regs.h"
 #include "pci.hpp"
 
@@ -34,7 +35,10 @@ struct nic_stats {
 
 class nic final : public pci_function {
  public:
-  nic(bdf address, iommu& unit, unsigned msix_vectors = KA_NIC_MSIX_VECTORS);
+  // flr_wait: how long an FLR holds the caller (PCIe: 100 ms before software may
+  // touch the function again); the reset itself is synchronous either way.
+  nic(bdf address, iommu& unit, unsigned msix_vectors = KA_NIC_MSIX_VECTORS,
+      std::chrono::milliseconds flr_wait = std::chrono::milliseconds{hw::pci::flr_wait_ms});
   ~nic() override;
 
   std::uint32_t config_read(std::uint16_t offset, unsigned size) override;
@@ -82,6 +86,7 @@ class nic final : public pci_function {
   void reg_write(std::uint64_t reg, std::uint64_t value);
 
   iommu& unit_;
+  std::chrono::milliseconds flr_wait_;
   mutable std::mutex mu_;
   std::condition_variable cv_;       // device thread: register writes, stop
   std::condition_variable idle_cv_;  // writers: in-flight DMA finished

@@ -31,7 +31,7 @@ result<std::unique_ptr<platform>> platform::create(const platform_config& cfg) {
   for (unsigned i = 0; i < cfg.nics; ++i) {
     const bdf address{0, static_cast<std::uint8_t>(i / nics_per_bus),
                       static_cast<std::uint8_t>(first_nic_device + i % nics_per_bus), 0};
-    p->functions_.push_back(std::make_unique<nic>(address, *p->iommu_, cfg.msix_vectors));
+    p->functions_.push_back(std::make_unique<nic>(address, *p->iommu_, cfg.msix_vectors, cfg.flr_wait));
   }
   return p;
 }

@@ -18,6 +18,9 @@ struct platform_config {
   unsigned nics = 1;                        // 0000:00:04.0 .. 0000:00:1f.0, then bus 1, ... (<= 64)
   unsigned msix_vectors = KA_NIC_MSIX_VECTORS;  // per NIC, <= KA_NIC_MSIX_MAX_VECTORS
   bool posted_interrupts = true;            // VT-d posted-interrupt capability
+  // What an FLR makes its caller wait (PCIe: 100 ms). Only the fuzzer shortens
+  // it: nothing observable happens during the wait.
+  std::chrono::milliseconds flr_wait{hw::pci::flr_wait_ms};
 };
 
 class platform {
