@@ -4,10 +4,12 @@
 # edu) and runs the guest test program kernel/linux/guest/ka_guest in each:
 #   patched:  conformance, stage1 (fidelity check while ownerless), unowned-fault,
 #             unbind, cdev
+#   stage2:   the patched kernel again: stage2-before, kexec into the same kernel,
+#             stage2-after (ka.mode=stage2b)
 #   baseline: stage1 --baseline (the same flow on an unpatched kernel)
 # README.md describes every scenario and JSON field.
 # Prints a readable report; the LAST stdout line is one JSON object. Exit 0 iff
-# stage1 passes, the baseline detects the loss and nothing failed.
+# stage1 and stage2 pass, the baseline detects the loss and nothing failed.
 #
 # Environment:
 #   KEEPALIVE_KERNEL_IMAGE     patched bzImage (default: build-kernel.sh)
@@ -65,7 +67,7 @@ dmesg -n 1
 mount -t sysfs sysfs /sys
 mount -t debugfs debugfs /sys/kernel/debug
 mount -t tmpfs tmpfs /tmp
-mode=$(sed -n 's/.*ka\.mode=\([a-z]*\).*/\1/p' /proc/cmdline)
+mode=$(sed -n 's/.*ka\.mode=\([a-z0-9]*\).*/\1/p' /proc/cmdline)
 
 edu=
 for d in /sys/bus/pci/devices/*; do
@@ -95,6 +97,17 @@ if [ "$mode" = patched ]; then
     echo "KA: unbind.exit=$?"
     /bin/ka_guest cdev
     echo "KA: cdev.exit=$?"
+elif [ "$mode" = stage2 ]; then
+    # Does not return when the kexec happens; the next kernel runs stage2b.
+    /bin/ka_guest stage2-before
+    echo "KA: stage2.before_exit=$?"
+elif [ "$mode" = stage2b ]; then
+    echo "KA: stage2.kexec_boot_uptime=$(cut -d' ' -f1 /proc/uptime)"
+    /bin/ka_guest stage2-after
+    echo "KA: stage2.after_exit=$?"
+    echo "KA: dmesg.iommu_handover=$(dmesg | grep -c 'DMAR: keepalive: handover of 1 device')"
+    echo "KA: dmesg.handover=$(dmesg | grep -c 'vfio-keepalive: handover of 1 device')"
+    echo "KA: dmesg.restored=$(dmesg | grep -c 'keepalive: restored after kexec')"
 else
     /bin/ka_guest stage1 --baseline
     echo "KA: stage1.exit=$?"
@@ -112,10 +125,17 @@ EOF
 chmod +x "$root/init"
 (cd "$root" && find . -mindepth 1 | LC_ALL=C sort |
     cpio -o -H newc -R 0:0 --reproducible --quiet | gzip -9n) >"$tmp/initrd.gz"
+# The stage-2 boot kexecs into the same kernel and the initrd above.
+mkdir -p "$root/boot"
+cp "$patched" "$root/boot/bzImage"
+cp "$tmp/initrd.gz" "$root/boot/initrd.gz"
+(cd "$root" && find . -mindepth 1 | LC_ALL=C sort |
+    cpio -o -H newc -R 0:0 --reproducible --quiet | gzip -9n) >"$tmp/initrd-s2.gz"
 
 # boot MODE IMAGE -> serial log path; the boot's wall time in $tmp/MODE.secs
 boot() {
-    local mode=$1 image=$2 serial=$CACHE/test-$1.serial.log
+    local mode=$1 image=$2 serial=$CACHE/test-$1.serial.log initrd=$tmp/initrd.gz
+    [[ $mode == stage2 ]] && initrd=$tmp/initrd-s2.gz
     log "booting $mode kernel $(basename "$image") (timeout ${TIMEOUT}s), serial log: $serial"
     local start rc
     start=$(now)
@@ -124,7 +144,7 @@ boot() {
         -machine q35,kernel-irqchip=split -accel tcg \
         -device intel-iommu,intremap=on -device edu \
         -m 1G -smp 1 -nographic -no-reboot \
-        -kernel "$image" -initrd "$tmp/initrd.gz" \
+        -kernel "$image" -initrd "$initrd" \
         -append "console=ttyS0 intel_iommu=on liveupdate=1 panic=-1 ka.mode=$mode" \
         </dev/null 2>&1 | tr -d '\r' >"$serial"
     rc=${PIPESTATUS[0]}
@@ -135,11 +155,12 @@ boot() {
 }
 
 boot patched "$patched"
+boot stage2 "$patched"
 if [[ -n $baseline ]]; then boot baseline "$baseline"; fi
 t_end=$(now)
 
 # ---- Evaluation
-declare -A P=() B=()
+declare -A P=() B=() S=()
 load() {  # load ARRAYNAME SERIAL
     local -n into=$1
     local line
@@ -148,6 +169,7 @@ load() {  # load ARRAYNAME SERIAL
     done <"$2"
 }
 load P "$CACHE/test-patched.serial.log"
+load S "$CACHE/test-stage2.serial.log"
 # The header the patch series adds must be the project's uapi, byte for byte.
 P[host.uapi_in_sync]=0
 if diff -q <(awk '/^diff --git/ { on = ($0 ~ /include\/uapi\/linux\/vfio_keepalive.h/) ; next }
@@ -173,7 +195,7 @@ expect() {  # expect ARRAYNAME KEY OP VALUE
 echo "== keepalive real-kernel test: Linux ${P[boot.kernel]:-?} under QEMU/TCG, edu ${P[boot.edu]:-?}, IR ${P[boot.ir_mode]:-?} mode"
 echo "-- conformance (uapi suite against the patched kernel)"
 grep '^KA-CHECK: ' "$CACHE/test-patched.serial.log" | grep -v 'fidelity' | sed 's/^KA-CHECK: /  /' | grep -v '^  PASS' || true
-printf '  %s checks: %s passed, %s failed, %s n/a (no CAP_STAGE2)\n' "${P[conformance.checks]:-?}" \
+printf '  %s checks: %s passed, %s failed, %s n/a (stage-2 checks without CAP_STAGE2)\n' "${P[conformance.checks]:-?}" \
     "${P[conformance.passed]:-?}" "${P[conformance.failed]:-?}" "${P[conformance.not_applicable]:-?}"
 expect P conformance.failed == 0
 expect P conformance.checks '>=' 40
@@ -273,6 +295,75 @@ expect P fidelity.edu_did == "${P[stage1.p_domain_id]:-?}"
 expect P host.uapi_in_sync == 1
 expect P fidelity.entries_checked '>=' 8
 
+echo "-- stage2: A exits with a DMA in flight, PREPARE, kexec; the DMA lands during the reboot; B reclaims"
+s2_start=${#failures[@]}
+expect S stage2.kexec_load == 0
+expect S stage2.a_enter == 0
+expect S stage2.a_exit == 0
+expect S stage2.p_state == 2
+expect S stage2.p_caps == 0xe
+expect S stage2.luo_preserve == 0
+expect S stage2.prepare == 0
+expect S stage2.prepare_nr_devices == 1
+expect S stage2.prepare_again == -16
+expect S stage2.abort == 0
+expect S stage2.abort_nr_devices == 1
+expect S stage2.p_thawed_state == 2
+expect S stage2.abort_again == -16
+expect S stage2.prepare2 == 0
+expect S stage2.p_frozen_state == 4
+expect S stage2.p_bus_master == 1
+expect S stage2.p_intx_disabled == 1
+expect S stage2.p_dma_running_at_reboot == 1
+expect S stage2.before_kernel_warnings == 0
+expect S stage2.before_dmar_faults == 0
+if [[ -n ${S[stage2.before_debug_locks]:-} ]]; then expect S stage2.before_debug_locks == 1; fi
+if [[ -n ${S[boot.debug_locks]:-} ]]; then expect S boot.debug_locks == 1; fi
+expect S stage2.after_kernel == 1
+expect S dmesg.iommu_handover == 1
+expect S dmesg.handover == 1
+expect S dmesg.restored == 1
+expect S stage2.b_translation_enabled == 1
+expect S stage2.b_context_present == 1
+expect S stage2.b_notes == 1
+expect S stage2.b_did_kept == 1
+expect S stage2.b_context_did == "${S[stage2.p_domain_id]:-?}"
+expect S stage2.b_dma_running_at_reboot == 1
+expect S stage2.b_dma_landed == 1
+expect S stage2.b_intx_latched == 1
+expect S stage2.b_preserved_tables_dma == 1
+expect S stage2.b_listed_state == 5
+expect S stage2.b_generation == 1
+expect S stage2.b_open_no_token == -13
+expect S stage2.b_open_wrong_token == -13
+expect S stage2.b_open_with_token == 0
+expect S stage2.b_state == 3
+expect S stage2.b_marker_kept == 1
+expect S stage2.b_bus_master == 1
+expect S stage2.b_bar0_kept == 1
+expect S stage2.b_set_msi == 0
+expect S stage2.b_irq_delivered == 1
+expect S stage2.b_luo_retrieve == 0
+expect S stage2.b_memfd_same_phys == 1
+expect S stage2.b_map_same_phys == 0
+expect S stage2.b_buffer_holds_dma == 1
+expect S stage2.b_roundtrip == 1
+expect S stage2.b_roundtrip_irq == 1
+expect S stage2.b_dma_faults == 0
+expect S stage2.b_leave_wrong_token == -13
+expect S stage2.b_leave == 0
+expect S stage2.b_state_after_leave == 0
+expect S stage2.b_listed_after == 0
+expect S stage2.b_luo_finish == 0
+expect S stage2.done == 1
+expect S dmesg.dmar_dma_faults == 0
+expect S dmesg.dmar_ir_faults == 0
+expect S dmesg.kernel_warnings == 0
+stage2=pass
+((${#failures[@]} == s2_start)) || stage2=fail
+printf '  freeze -> first interrupt %s ms, reboot -> userspace %s ms (TSC)\n' \
+    "${S[stage2.freeze_to_irq_ms]:-?}" "${S[stage2.reboot_to_userspace_ms]:-?}"
+
 stage1=pass
 for f in "${failures[@]}"; do if [[ $f == P:stage1.* || $f == P:dmesg.dmar_dma_faults_stage1 ]]; then stage1=fail; fi; done
 
@@ -299,9 +390,12 @@ fi
 num() { [[ ${1:-} =~ ^-?[0-9]+$ ]] && echo "$1" || echo null; }
 device_resets=0
 [[ ${P[stage1.b_marker_kept]:-0} == 1 ]] || device_resets=1
+[[ ${S[stage2.b_marker_kept]:-0} == 1 ]] || device_resets=$((device_resets + 1))
 irq_lost=0
 [[ ${P[stage1.b_irq_delivered]:-0} == 1 ]] || irq_lost=1
-dma_faults=$(( $(num "${P[stage1.b_dma_faults]:-0}" | sed 's/null/0/') + $(num "${P[dmesg.dmar_dma_faults_stage1]:-0}" | sed 's/null/0/') ))
+[[ ${S[stage2.b_irq_delivered]:-0} == 1 ]] || irq_lost=$((irq_lost + 1))
+dma_faults=$(( $(num "${P[stage1.b_dma_faults]:-0}" | sed 's/null/0/') + $(num "${P[dmesg.dmar_dma_faults_stage1]:-0}" | sed 's/null/0/') +
+               $(num "${S[stage2.b_dma_faults]:-0}" | sed 's/null/0/') + $(num "${S[dmesg.dmar_dma_faults]:-0}" | sed 's/null/0/') ))
 
 printf -- '-- timings: kernels %ss, guest program %ss, patched boot %ss, baseline boot %ss, total %ss\n' \
     "$(secs "$t0" "$t_kernels")" "$(secs "$t_kernels" "$t_guest")" "$(cat "$tmp/patched.secs")" \
@@ -311,8 +405,8 @@ if ((${#failures[@]})); then echo "-- FAILED: ${failures[*]}"; else echo "-- all
 ok=1
 ((${#failures[@]} == 0)) || ok=0
 [[ -z $baseline || $baseline_detects_loss == true ]] || ok=0
-printf '{"kernel":"%s","stage1":"%s","stage2":"not_implemented","baseline_detects_loss":%s,' \
-    "${P[boot.kernel]:-}" "$stage1" "$([[ -n $baseline ]] && echo "$baseline_detects_loss" || echo null)"
+printf '{"kernel":"%s","stage1":"%s","stage2":"%s","baseline_detects_loss":%s,' \
+    "${P[boot.kernel]:-}" "$stage1" "$stage2" "$([[ -n $baseline ]] && echo "$baseline_detects_loss" || echo null)"
 printf '"device_resets":%s,"dma_faults":%s,"irq_lost":%s,"fidelity_entries_checked":%s,' \
     "$device_resets" "$dma_faults" "$irq_lost" "$(num "${P[fidelity.entries_checked]:-}")"
 printf '"conformance_failed":%s,"conformance_passed":%s,"conformance_not_applicable":%s,' \
@@ -323,6 +417,9 @@ printf '"pending_latched_ms":%s,"baseline":{"irq_delivered":%s,"dma_landed":%s,"
 printf '"unowned_fault_detected":%s,"operator_reset":%s,' \
     "$([[ ${P[fault.event_dma_fault]:-} == 1 && ${P[fault.c_dma_faults]:-0} -ge 1 ]] && echo true || echo false)" \
     "$([[ ${P[fault.reset]:-} == 0 && ${P[fault.event_reset]:-} == 1 ]] && echo true || echo false)"
+printf '"stage2_freeze_to_irq_ms":%s,"stage2_reboot_to_userspace_ms":%s,"stage2_boot_s":%s,' \
+    "$(num "${S[stage2.freeze_to_irq_ms]:-}")" "$(num "${S[stage2.reboot_to_userspace_ms]:-}")" \
+    "$(cat "$tmp/stage2.secs" 2>/dev/null || echo null)"
 printf '"patched_boot_s":%s,"baseline_boot_s":%s,"total_s":%s}\n' "$(cat "$tmp/patched.secs")" \
     "$(cat "$tmp/baseline.secs" 2>/dev/null || echo null)" "$(secs "$t0" "$t_end")"
 ((ok == 1))

@@ -16,7 +16,7 @@ mkdir -p "$OUT/obj"
 
 sources=(
     "$HERE/ka_guest.cpp" "$HERE/vfio_edu.cpp" "$HERE/stage1.cpp" "$HERE/conformance.cpp" "$HERE/fidelity.cpp"
-    "$HERE/unowned_fault.cpp" "$HERE/unbind.cpp" "$HERE/cdev.cpp"
+    "$HERE/unowned_fault.cpp" "$HERE/unbind.cpp" "$HERE/cdev.cpp" "$HERE/stage2.cpp"
     "$ROOT/src/error.cpp" "$ROOT/src/types.cpp" "$ROOT/src/syscalls_linux.cpp" "$ROOT/src/abi_ops.cpp"
     "$ROOT/tests/conformance/conformance.cpp"
 )

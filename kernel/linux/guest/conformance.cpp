@@ -2,7 +2,8 @@
 // (tests/conformance) against the real kernel, on edu opened through VFIO.
 //
 // The suite itself adapts to the host's capabilities (ALLOW_MASKING without
-// CAP_POSTED_INTR; PREPARE expected to be EOPNOTSUPP without CAP_STAGE2). The
+// CAP_POSTED_INTR; PREPARE expected to be EOPNOTSUPP without CAP_STAGE2; this
+// kernel reports CAP_STAGE2, so the stage-2 checks run). The
 // wrapper below and the "n/a" verdict remain for older suites and are
 // reported, so a change in the suite's behaviour shows in the report.
 #include <linux/vfio_keepalive.h>

@@ -36,6 +36,8 @@ int run_conformance();
 int run_unowned_fault();
 int run_unbind();
 int run_cdev();
+// Stage 2: before the kexec (prepares and reboots) or after it (reclaims).
+int run_stage2(bool after_kexec);
 // Reads Linux's own VT-d tables from /dev/mem and checks them against debugfs
 // and against the buffer mapped at iova (its pages' physical addresses).
 int run_fidelity(const edu_location& loc, const std::uint8_t* buf, std::uint64_t iova, std::size_t bytes);

@@ -6,6 +6,7 @@
 //   ka_guest unowned-fault
 //   ka_guest unbind
 //   ka_guest cdev
+//   ka_guest stage2-before | stage2-after
 #include <cstdio>
 #include <cstring>
 #include <string_view>
@@ -25,7 +26,9 @@ int main(int argc, char** argv) {
   if (cmd == "unowned-fault") return ka_guest::run_unowned_fault();
   if (cmd == "unbind") return ka_guest::run_unbind();
   if (cmd == "cdev") return ka_guest::run_cdev();
-  std::fprintf(stderr, "usage: %s stage1 [--baseline] [--fidelity] | conformance | unowned-fault | unbind | cdev\n",
+  if (cmd == "stage2-before") return ka_guest::run_stage2(false);
+  if (cmd == "stage2-after") return ka_guest::run_stage2(true);
+  std::fprintf(stderr, "usage: %s stage1 [--baseline] [--fidelity] | conformance | unowned-fault | unbind | cdev | stage2-before | stage2-after\n",
                argv[0]);
   return 2;
 }

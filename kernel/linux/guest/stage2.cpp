@@ -1,0 +1,495 @@
+// Scenario stage2: stage 1 with a kexec in the middle.
+//
+// `ka_guest stage2-before` (first kernel): loads the same kernel and initrd
+// with kexec_file_load (ka.mode=stage2b), then A owns edu as in stage1 (two
+// pages mapped at IOVA 0x100000: the DMA page and a page of notes), starts a
+// DMA to RAM with "raise IRQ", enters keepalive and exits. The parent sees the
+// device OWNERLESS, runs STAGE2_PREPARE, ABORT, PREPARE (FROZEN; bus mastering on, MSI off,
+// INTx disabled so the completion is latched), writes its notes (DID, BAR0,
+// TSC at prepare) into the notes page and reboots into the loaded kernel with
+// the DMA still in flight (checked just before the reboot).
+//
+// `ka_guest stage2-after` (second kernel): before anything opens the device,
+// the old IOVAs are translated through the context entry this kernel adopted
+// (root table from the DMAR unit, /dev/mem) and the data the DMA wrote during
+// the reboot is read; edu (through its sysfs BAR, nobody owning it) copies it
+// through the preserved tables in both directions. Then the device is listed
+// RESTORED with the old DID, a wrong token is EACCES, the token reclaims it
+// (RECLAIMED), it was not reset (marker, bus mastering, BAR0 unchanged), the
+// latched completion is delivered to the new owner's MSI eventfd, the new
+// owner maps the same physical pages at the same IOVA (no adoption of the
+// type1 mappings: see README) and does a DMA round trip with an interrupt,
+// then LEAVE (wrong token EACCES) -> RUNNING.
+#include <fcntl.h>
+#include <linux/reboot.h>
+#include <sys/eventfd.h>
+#include <sys/klog.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <x86intrin.h>
+
+#include <cinttypes>
+#include <cerrno>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <string>
+#include <thread>
+
+#include "guest.hpp"
+#include "keepalive/abi/ops.hpp"
+#include "keepalive/hw/page_table.hpp"
+#include "keepalive/hw/root_context.hpp"
+#include "vfio_edu.hpp"
+
+namespace ka_guest {
+namespace {
+
+namespace abi = keepalive::abi;
+namespace hw = keepalive::hw;
+using keepalive::hpa;
+
+constexpr const char* sc = "stage2";
+constexpr std::uint64_t dma_iova = 0x100000;
+constexpr std::uint64_t notes_iova = dma_iova + 4096;
+constexpr std::size_t buffer_bytes = 8192;  // DMA page + notes page
+constexpr std::uint32_t half = edu::dma_max;
+constexpr std::uint32_t marker = 0x4b41ed02;
+constexpr std::uint64_t notes_magic = 0x4b41'5332'4e4f'5445;  // "KAS2NOTE"
+
+// The notes page (second page of the buffer): what the first kernel's test
+// leaves for the second; it is mapped for DMA, hence preserved.
+struct notes {
+  std::uint64_t magic;
+  std::uint64_t tsc_prepare;
+  std::uint64_t tsc_reboot;
+  std::uint32_t did;
+  std::uint32_t bar0;
+  std::uint32_t dma_running_at_reboot;
+  std::uint32_t pad;
+};
+
+std::uint8_t pattern(std::size_t i, unsigned seed) { return static_cast<std::uint8_t>(i * 13 + seed * 29 + 0x33); }
+void fill_pattern(std::uint8_t* p, std::size_t n, unsigned seed) {
+  for (std::size_t i = 0; i < n; ++i) p[i] = pattern(i, seed);
+}
+bool holds_pattern(const std::uint8_t* p, std::size_t n, unsigned seed) {
+  for (std::size_t i = 0; i < n; ++i)
+    if (p[i] != pattern(i, seed)) return false;
+  return true;
+}
+
+keepalive::token make_token(std::uint8_t first) {
+  keepalive::token::bytes b{};
+  for (std::size_t i = 0; i < b.size(); ++i) b[i] = static_cast<std::uint8_t>(first + i * 11);
+  return keepalive::token{b};
+}
+
+// edu's BAR0 through sysfs: usable while nobody owns the device.
+class sysfs_bar0 {
+ public:
+  explicit sysfs_bar0(const std::string& bdf) {
+    const int fd = open(("/sys/bus/pci/devices/" + bdf + "/resource0").c_str(), O_RDWR | O_SYNC | O_CLOEXEC);
+    if (fd < 0) return;
+    void* p = mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    close(fd);
+    if (p != MAP_FAILED) regs_ = static_cast<volatile std::uint32_t*>(p);
+  }
+  ~sysfs_bar0() {
+    if (regs_) munmap(const_cast<std::uint32_t*>(regs_), 4096);
+  }
+  sysfs_bar0(const sysfs_bar0&) = delete;
+  sysfs_bar0& operator=(const sysfs_bar0&) = delete;
+  [[nodiscard]] bool ok() const { return regs_ != nullptr; }
+  [[nodiscard]] std::uint32_t read(std::uint64_t reg) const { return regs_[reg / 4]; }
+  void write(std::uint64_t reg, std::uint32_t v) const { regs_[reg / 4] = v; }
+  bool dma(std::uint64_t iova, std::uint32_t bytes, bool to_ram) const {
+    write(edu::reg_dma_src, static_cast<std::uint32_t>(to_ram ? edu::dma_buffer : iova));
+    write(edu::reg_dma_dst, static_cast<std::uint32_t>(to_ram ? iova : edu::dma_buffer));
+    write(edu::reg_dma_count, bytes);
+    write(edu::reg_dma_cmd, edu::dma_cmd_run | (to_ram ? edu::dma_cmd_to_ram : 0u));
+    for (int i = 0; i < 400; ++i) {
+      if (!(read(edu::reg_dma_cmd) & edu::dma_cmd_run)) return true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    return false;
+  }
+
+ private:
+  volatile std::uint32_t* regs_{nullptr};
+};
+
+class devmem {
+ public:
+  devmem() : fd_{open("/dev/mem", O_RDWR | O_CLOEXEC)} {}
+  ~devmem() {
+    if (fd_ >= 0) close(fd_);
+  }
+  devmem(const devmem&) = delete;
+  devmem& operator=(const devmem&) = delete;
+  [[nodiscard]] bool ok() const { return fd_ >= 0; }
+  [[nodiscard]] std::uint64_t load64(hpa a) const {
+    std::uint64_t v = 0;
+    if (pread(fd_, &v, sizeof v, static_cast<off_t>(a.value())) != sizeof v) ++failures_;
+    return v;
+  }
+  bool read(std::uint64_t phys, void* out, std::size_t n) const {
+    return pread(fd_, out, n, static_cast<off_t>(phys)) == static_cast<ssize_t>(n);
+  }
+  [[nodiscard]] int fd() const { return fd_; }
+
+ private:
+  int fd_;
+  mutable unsigned failures_{0};
+};
+
+std::optional<std::uint64_t> mmio_read64(std::uint64_t base, unsigned offset) {
+  const int fd = open("/dev/mem", O_RDONLY | O_SYNC | O_CLOEXEC);
+  if (fd < 0) return std::nullopt;
+  void* p = mmap(nullptr, 4096, PROT_READ, MAP_SHARED, fd, static_cast<off_t>(base));
+  close(fd);
+  if (p == MAP_FAILED) return std::nullopt;
+  const auto* regs = static_cast<const volatile std::uint32_t*>(p);
+  const std::uint64_t v = regs[offset / 4] | std::uint64_t{regs[offset / 4 + 1]} << 32;
+  munmap(p, 4096);
+  return v;
+}
+
+std::optional<std::uint64_t> dmar_base() {
+  std::ifstream in{"/sys/kernel/debug/iommu/intel/iommu_regset"};
+  for (std::string l; std::getline(in, l);) {
+    std::uint64_t v = 0;
+    if (std::sscanf(l.c_str(), "IOMMU: %*s Register Base Address: %" SCNx64, &v) == 1) return v;
+  }
+  return std::nullopt;
+}
+
+// LUO (include/uapi/linux/liveupdate.h in 7.3; not in the host's headers).
+namespace luo {
+constexpr unsigned type = 0xBA;
+struct session_req {
+  std::uint32_t size;
+  std::int32_t fd;
+  std::uint8_t name[64];
+};
+struct fd_req {
+  std::uint32_t size;
+  std::int32_t fd;
+  alignas(8) std::uint64_t token;
+};
+struct finish_req {
+  std::uint32_t size;
+  std::uint32_t reserved;
+};
+constexpr unsigned long create_session = _IO(type, 0x00);
+constexpr unsigned long retrieve_session = _IO(type, 0x01);
+constexpr unsigned long preserve_fd = _IO(type, 0x40);
+constexpr unsigned long retrieve_fd = _IO(type, 0x41);
+constexpr unsigned long finish = _IO(type, 0x42);
+constexpr const char* session_name = "ka-stage2-guest-ram";
+constexpr std::uint64_t memfd_token = 1;
+
+// The session fd (>= 0) or -errno.
+int open_session(bool retrieve) {
+  const int dev = open("/dev/liveupdate", O_RDWR | O_CLOEXEC);
+  if (dev < 0) return -errno;
+  session_req r{};
+  r.size = sizeof r;
+  std::strncpy(reinterpret_cast<char*>(r.name), session_name, sizeof r.name - 1);
+  const int rc = ioctl(dev, retrieve ? retrieve_session : create_session, &r);
+  const int err = errno;
+  if (!retrieve) return rc < 0 ? -err : r.fd;  // /dev/liveupdate stays open: the session lives with it
+  close(dev);
+  return rc < 0 ? -err : r.fd;
+}
+}  // namespace luo
+
+std::optional<abi::device_entry> listed(int ctl) {
+  auto l = abi::list_devices(abi::linux_syscalls(), ctl);
+  if (!l || l->size() != 1) return std::nullopt;
+  return (*l)[0];
+}
+
+// ---------------------------------------------------------------- first kernel
+int owner_a(const edu_location& loc, int memfd, const keepalive::token& t) {
+  void* p = mmap(nullptr, buffer_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, memfd, 0);
+  if (p == MAP_FAILED) return fail(sc, "a_mmap");
+  auto* buf = static_cast<std::uint8_t*>(p);
+  vfio_edu v;
+  if (v.open_group(loc) || v.get_device(loc.bdf)) return fail(sc, "a_open");
+  if (int rc = v.map_dma(dma_iova, buf, buffer_bytes); rc) return fail(sc, "a_map_dma", rc);
+  const auto cmd = v.config_read(pci_command, 2);
+  if (!cmd || !v.config_write16(pci_command, static_cast<std::uint16_t>(*cmd | pci_command_master)))
+    return fail(sc, "a_bus_master");
+  v.bar0_write32(edu::reg_liveness, marker);
+  fill_pattern(buf, half, 1);
+  std::memset(buf + half, 0xee, half);
+  if (!v.start_dma(dma_iova, half, false, false) || !v.wait_dma(2000)) return fail(sc, "a_dma_to_device");
+  const int efd = eventfd(0, EFD_CLOEXEC);
+  if (int rc = v.set_msi_trigger(efd); rc) return fail(sc, "a_msi", rc);
+  const auto enter = abi::keepalive_enter(abi::linux_syscalls(), v.device(), t, {.allow_masking = true});
+  report(sc, "a_enter", rc_of(enter));
+  if (const auto st = abi::keepalive_status(abi::linux_syscalls(), v.device()))
+    report(sc, "a_domain_id", st->domain.value());
+  // The DMA that completes during the reboot: started last, ~100 ms to go.
+  if (!v.start_dma(dma_iova + half, half, true, true)) return fail(sc, "a_dma_start");
+  std::fflush(stdout);
+  _exit(0);
+}
+
+// This kernel's log is gone after the kexec: count its warnings now.
+void report_kernel_health() {
+  std::string log(1 << 20, '\0');
+  const int n = klogctl(3 /* SYSLOG_ACTION_READ_ALL */, log.data(), static_cast<int>(log.size()));
+  log.resize(n > 0 ? static_cast<std::size_t>(n) : 0);
+  unsigned warnings = 0;
+  for (const char* w : {"WARNING:", "BUG:", "Oops", "possible circular locking", "possible recursive locking",
+                        "inconsistent lock state", "sleeping function called"})
+    for (auto at = log.find(w); at != std::string::npos; at = log.find(w, at + 1)) ++warnings;
+  report(sc, "before_kernel_warnings", warnings);
+  report(sc, "before_dmar_faults", [&] {
+    unsigned c = 0;
+    for (auto at = log.find("DMAR: [DMA "); at != std::string::npos; at = log.find("DMAR: [DMA ", at + 1)) ++c;
+    return c;
+  }());
+  std::ifstream ld{"/proc/lockdep_stats"};
+  for (std::string l; std::getline(ld, l);)
+    if (l.find("debug_locks:") != std::string::npos) report(sc, "before_debug_locks", l.substr(l.find(':') + 1).find('1') != std::string::npos ? 1 : 0);
+}
+
+std::string next_cmdline() {
+  std::ifstream in{"/proc/cmdline"};
+  std::string c;
+  std::getline(in, c);
+  const auto at = c.find("ka.mode=");
+  if (at != std::string::npos) c.erase(at, c.find(' ', at) == std::string::npos ? std::string::npos : c.find(' ', at) - at + 1);
+  return c + " ka.mode=stage2b";
+}
+
+int before() {
+  const auto loc = find_edu();
+  if (!loc) return fail(sc, "find_edu");
+  auto& sys = abi::linux_syscalls();
+
+  // Load the next kernel first: kexec_file_load hashes the segments (slow under TCG).
+  const std::string cmdline = next_cmdline();
+  const int kfd = open("/boot/bzImage", O_RDONLY | O_CLOEXEC);
+  const int ifd = open("/boot/initrd.gz", O_RDONLY | O_CLOEXEC);
+  const long loaded = syscall(SYS_kexec_file_load, kfd, ifd, cmdline.size() + 1, cmdline.c_str(), 0ul);
+  report(sc, "kexec_load", loaded == 0 ? 0 : -errno);
+  if (loaded != 0) return 1;
+
+  const int memfd = memfd_create("ka-s2", MFD_CLOEXEC);
+  if (memfd < 0 || ftruncate(memfd, buffer_bytes) < 0) return fail(sc, "memfd");
+  void* p = mmap(nullptr, buffer_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, memfd, 0);
+  if (p == MAP_FAILED) return fail(sc, "mmap");
+  auto* buf = static_cast<std::uint8_t*>(p);
+  std::memset(buf, 0, buffer_bytes);
+  auto* n = reinterpret_cast<notes*>(buf + 4096);
+
+  const keepalive::token token = make_token(0x21);
+  std::fflush(stdout);
+  const pid_t a = fork();
+  if (a == 0) _exit(owner_a(*loc, memfd, token));
+  int st = 0;
+  waitpid(a, &st, 0);
+  report(sc, "a_exit", WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st));
+
+  // The VMM's RAM goes through LUO (memfd_luo): same pages after the kexec.
+  const int session = luo::open_session(false);
+  luo::fd_req pr{sizeof(luo::fd_req), memfd, luo::memfd_token};
+  report(sc, "luo_preserve", session < 0 ? session : ioctl(session, luo::preserve_fd, &pr) < 0 ? -errno : 0);
+
+  auto ctl = sys.open(VFIO_KEEPALIVE_CTL_PATH, O_RDWR);
+  if (!ctl) return fail(sc, "ctl_open", rc_of(ctl));
+  const auto row = listed(*ctl);
+  report(sc, "p_state", row ? static_cast<unsigned>(row->state) : 0u);
+  report(sc, "p_domain_id", row ? row->domain.value() : 0u);
+  if (const auto info = abi::get_info(sys, *ctl)) {
+    report(sc, "p_caps", hex(info->caps));
+    report(sc, "p_generation", info->generation);
+  }
+
+  const auto prep = abi::stage2_prepare(sys, *ctl);
+  n->tsc_prepare = __rdtsc();
+  report(sc, "prepare", rc_of(prep));
+  if (prep) {
+    report(sc, "prepare_nr_devices", prep->nr_devices);
+    report(sc, "prepare_image_bytes", prep->image_bytes);
+  }
+  report(sc, "prepare_again", rc_of(abi::stage2_prepare(sys, *ctl)));
+  // ABORT thaws it (image and preserved pages dropped); PREPARE again.
+  const auto abort = abi::stage2_abort(sys, *ctl);
+  report(sc, "abort", rc_of(abort));
+  report(sc, "abort_nr_devices", abort ? abort->nr_devices : 0u);
+  const auto thawed = listed(*ctl);
+  report(sc, "p_thawed_state", thawed ? static_cast<unsigned>(thawed->state) : 0u);
+  report(sc, "abort_again", rc_of(abi::stage2_abort(sys, *ctl)));
+  const auto prep2 = abi::stage2_prepare(sys, *ctl);
+  n->tsc_prepare = __rdtsc();
+  report(sc, "prepare2", rc_of(prep2));
+  const auto frozen = listed(*ctl);
+  report(sc, "p_frozen_state", frozen ? static_cast<unsigned>(frozen->state) : 0u);
+  const auto cmd = sysfs_config_read(loc->bdf, pci_command, 2);
+  report(sc, "p_bus_master", cmd && (*cmd & pci_command_master) ? 1 : 0);
+  report(sc, "p_intx_disabled", cmd && (*cmd & 0x400) ? 1 : 0);
+
+  n->magic = notes_magic;
+  n->did = row ? row->domain.value() : 0;
+  n->bar0 = sysfs_config_read(loc->bdf, 0x10, 4).value_or(0);
+  report(sc, "p_bar0", hex(n->bar0));
+  report_kernel_health();
+  sysfs_bar0 bar{loc->bdf};
+  const bool running = bar.ok() && (bar.read(edu::reg_dma_cmd) & edu::dma_cmd_run);
+  n->dma_running_at_reboot = running ? 1 : 0;
+  report(sc, "p_dma_running_at_reboot", n->dma_running_at_reboot);
+  report(sc, "p_dma_landed_before_reboot", holds_pattern(buf + half, half, 1) ? 1 : 0);
+  report(sc, "kexec", "now");
+  std::fflush(stdout);
+  n->tsc_reboot = __rdtsc();
+  syscall(SYS_reboot, LINUX_REBOOT_MAGIC1, LINUX_REBOOT_MAGIC2, LINUX_REBOOT_CMD_KEXEC, nullptr);
+  return fail(sc, "reboot", -errno);
+}
+
+// ---------------------------------------------------------------- second kernel
+std::uint64_t tsc_per_ms() {
+  const auto t0 = std::chrono::steady_clock::now();
+  const std::uint64_t c0 = __rdtsc();
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  const std::uint64_t c1 = __rdtsc();
+  const auto us = std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t0).count();
+  return us > 0 ? (c1 - c0) * 1000 / static_cast<std::uint64_t>(us) : 0;
+}
+
+int after() {
+  const std::uint64_t tsc_start = __rdtsc();
+  const auto loc = find_edu();
+  if (!loc) return fail(sc, "find_edu");
+  auto& sys = abi::linux_syscalls();
+  report(sc, "after_kernel", 1);
+  const auto bdf = *keepalive::bdf::parse(loc->bdf);
+
+  // The adopted translation, before anybody opens the device: the root table
+  // the DMAR unit uses now, edu's (copied) context entry, the old tables.
+  devmem mem;
+  const auto base = dmar_base();
+  const auto rtaddr = base ? mmio_read64(*base, hw::rtaddr_register_offset) : std::nullopt;
+  if (!mem.ok() || !rtaddr) return fail(sc, "dmar");
+  const auto gsts = mmio_read64(*base, 0x1c);
+  report(sc, "b_translation_enabled", gsts && (*gsts & (1u << 31)) ? 1 : 0);
+  const auto re = hw::read_root_entry(mem, hpa{*rtaddr & ~std::uint64_t{0xfff}}, bdf.bus());
+  const auto ce = hw::read_context_entry(mem, re.context_table(), bdf.devfn());
+  report(sc, "b_context_present", ce.present() ? 1 : 0);
+  report(sc, "b_context_did", ce.domain_id().value());
+  const auto dma = hw::translate(mem, ce.slptptr(), ce.levels(), keepalive::iova{dma_iova}, hw::dma_access::write);
+  const auto nt = hw::translate(mem, ce.slptptr(), ce.levels(), keepalive::iova{notes_iova}, hw::dma_access::write);
+  if (!ce.present() || !dma || !nt) return fail(sc, "translate");
+  const std::uint64_t dma_phys = dma->address.value(), notes_phys = nt->address.value();
+  report(sc, "b_dma_phys", hex(dma_phys));
+  notes n{};
+  std::uint8_t page[4096] = {};
+  if (!mem.read(notes_phys, &n, sizeof n) || !mem.read(dma_phys, page, sizeof page)) return fail(sc, "devmem_read");
+  report(sc, "b_notes", n.magic == notes_magic ? 1 : 0);
+  report(sc, "b_did_kept", n.did != 0 && ce.domain_id().value() == n.did ? 1 : 0);
+  report(sc, "b_dma_running_at_reboot", n.dma_running_at_reboot);
+  report(sc, "b_dma_landed", holds_pattern(page + half, half, 1) ? 1 : 0);
+  const auto pstatus = sysfs_config_read(loc->bdf, 0x06, 2);
+  report(sc, "b_intx_latched", pstatus && (*pstatus & 0x8) ? 1 : 0);
+
+  // The device still DMAs through the preserved tables (sysfs BAR, no owner):
+  // the landed data back into edu, then out to the notes page.
+  {
+    sysfs_bar0 bar{loc->bdf};
+    const bool ok = bar.ok() && bar.dma(dma_iova + half, half, false) && bar.dma(notes_iova + 2048, half, true);
+    std::uint8_t copy[half] = {};
+    report(sc, "b_preserved_tables_dma",
+           ok && mem.read(notes_phys + 2048, copy, sizeof copy) && holds_pattern(copy, half, 1) ? 1 : 0);
+  }
+
+  auto ctl = sys.open(VFIO_KEEPALIVE_CTL_PATH, O_RDWR);
+  if (!ctl) return fail(sc, "ctl_open", rc_of(ctl));
+  const auto row = listed(*ctl);
+  report(sc, "b_listed_state", row ? static_cast<unsigned>(row->state) : 0u);
+  if (const auto info = abi::get_info(sys, *ctl)) report(sc, "b_generation", info->generation);
+
+  const keepalive::token token = make_token(0x21);
+  keepalive::token::bytes wrong_bytes = token.raw();
+  wrong_bytes[0] ^= 0x80;
+  vfio_edu v;
+  if (int rc = v.open_group(*loc); rc) return fail(sc, "b_open_group", rc);
+  report(sc, "b_open_no_token", v.get_device(loc->bdf));
+  report(sc, "b_open_wrong_token", v.get_device(abi::reclaim_name(bdf, keepalive::token{wrong_bytes})));
+  const int rc = v.get_device(abi::reclaim_name(bdf, token));
+  report(sc, "b_open_with_token", rc);
+  if (rc) return 1;
+  if (const auto st = abi::keepalive_status(sys, v.device())) report(sc, "b_state", static_cast<unsigned>(st->state));
+
+  const auto live = v.bar0_read32(edu::reg_liveness);
+  report(sc, "b_marker_kept", live == ~marker ? 1 : 0);
+  const auto cmd = sysfs_config_read(loc->bdf, pci_command, 2);
+  report(sc, "b_bus_master", cmd && (*cmd & pci_command_master) ? 1 : 0);
+  report(sc, "b_bar0_kept", sysfs_config_read(loc->bdf, 0x10, 4).value_or(0) == n.bar0 ? 1 : 0);
+  const auto irq_status = v.bar0_read32(edu::reg_irq_status);
+  report(sc, "b_edu_irq_status", hex(irq_status.value_or(0)));
+
+  // The completion latched during the reboot reaches the new owner's eventfd.
+  const int efd = eventfd(0, EFD_CLOEXEC);
+  report(sc, "b_set_msi", v.set_msi_trigger(efd));
+  const auto got = wait_eventfd(efd, 1000);
+  const std::uint64_t tsc_irq = __rdtsc();
+  report(sc, "b_irq_delivered", got ? 1 : 0);
+  v.bar0_write32(edu::reg_irq_ack, edu::irq_dma);
+  const std::uint64_t per_ms = tsc_per_ms();
+  if (per_ms && n.magic == notes_magic) {
+    report(sc, "freeze_to_irq_ms", (tsc_irq - n.tsc_prepare) / per_ms);
+    report(sc, "reboot_to_userspace_ms", (tsc_start - n.tsc_reboot) / per_ms);
+  }
+
+  // The new owner's container starts empty: it gets the guest RAM memfd back
+  // from LUO (the same physical pages) and maps it at the same IOVAs.
+  const int session = luo::open_session(true);
+  luo::fd_req rr{sizeof(luo::fd_req), -1, luo::memfd_token};
+  const int got_fd = session < 0 ? session : ioctl(session, luo::retrieve_fd, &rr) < 0 ? -errno : 0;
+  report(sc, "b_luo_retrieve", got_fd);
+  void* p = got_fd == 0 ? mmap(nullptr, buffer_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, rr.fd, 0) : MAP_FAILED;
+  if (p != MAP_FAILED) {
+    (void)*static_cast<volatile std::uint8_t*>(p);  // fault the page in for pagemap
+    const auto phys = virt_to_phys(p);
+    report(sc, "b_memfd_phys", hex(phys.value_or(0)));
+    report(sc, "b_memfd_same_phys", phys && *phys == dma_phys ? 1 : 0);
+  }
+  report(sc, "b_map_same_phys", p == MAP_FAILED ? -errno : v.map_dma(dma_iova, p, buffer_bytes));
+  if (p != MAP_FAILED) {
+    auto* buf = static_cast<std::uint8_t*>(p);
+    report(sc, "b_buffer_holds_dma", holds_pattern(buf + half, half, 1) ? 1 : 0);
+    fill_pattern(buf, half, 2);
+    std::memset(buf + half, 0, half);
+    const bool roundtrip = v.start_dma(dma_iova, half, false, false) && v.wait_dma(2000) &&
+                           v.start_dma(dma_iova + half, half, true, true) && v.wait_dma(2000) &&
+                           holds_pattern(buf + half, half, 2);
+    report(sc, "b_roundtrip", roundtrip ? 1 : 0);
+    report(sc, "b_roundtrip_irq", wait_eventfd(efd, 1000) ? 1 : 0);
+  }
+  if (const auto st = abi::keepalive_status(sys, v.device())) report(sc, "b_dma_faults", st->dma_faults);
+  report(sc, "b_leave_wrong_token",
+         rc_of(abi::keepalive_leave(sys, v.device(), keepalive::token{wrong_bytes})));
+  report(sc, "b_leave", rc_of(abi::keepalive_leave(sys, v.device(), token)));
+  if (const auto st = abi::keepalive_status(sys, v.device()))
+    report(sc, "b_state_after_leave", static_cast<unsigned>(st->state));
+  if (auto l = abi::list_devices(sys, *ctl)) report(sc, "b_listed_after", l->size());
+  sys.close(*ctl);
+  luo::finish_req fin{sizeof(luo::finish_req), 0};
+  report(sc, "b_luo_finish", session < 0 ? session : ioctl(session, luo::finish, &fin) < 0 ? -errno : 0);
+  report(sc, "done", 1);
+  return 0;
+}
+
+}  // namespace
+
+int run_stage2(bool after_kexec) { return after_kexec ? after() : before(); }
+
+}  // namespace ka_guest
