@@ -6,9 +6,7 @@
 
 #include <cstring>
 #include <memory>
-#include <optional>
 
-#include <keepalive/hw/irte.hpp>
 #include <keepalive/hw/posted_intr.hpp>
 
 #include "../sim_kernel/host_fixture.hpp"
@@ -20,22 +18,6 @@ using namespace keepalive::sim::testing;
 
 namespace {
 const token tok = *token::parse("6c2d8b7f-3e1a-4f22-8b4d-1e6f70819203");
-
-// The one posted IRTE in the table (the NIC's vector 0).
-std::optional<hw::irte> posted_irte(platform& plat) {
-  const std::uint64_t irta = plat.vtd().irta();
-  const std::uint64_t base = irta & ~std::uint64_t{0xfff};
-  const std::uint64_t entries = std::uint64_t{1} << ((irta & 0xf) + 1);
-  std::optional<hw::irte> found;
-  for (std::uint64_t i = 0; i < entries; ++i) {
-    const std::uint64_t* w = plat.memory().word_ptr(hpa{base + i * 16});
-    const auto e = hw::irte::from_words(w[0], w[1]);
-    if (!e.present() || !e.is_posted()) continue;
-    if (found) return std::nullopt;
-    found = e;
-  }
-  return found;
-}
 
 hw::posted_intr_desc snapshot(platform& plat, hpa a) {
   const auto& live = *reinterpret_cast<const hw::posted_intr_desc*>(plat.memory().base() + a.value());
@@ -55,7 +37,7 @@ TEST_CASE("the sim IOMMU's kept descriptor, drained by the kernel header == the 
   h.run_for(30);
   h.g->pause();
   REQUIRE(a->enter_keepalive(tok));
-  const auto owned = posted_irte(*h.plat);
+  const auto owned = h.posted_irte();
   REQUIRE(owned);
   a->exit();
   a.reset();
@@ -64,7 +46,7 @@ TEST_CASE("the sim IOMMU's kept descriptor, drained by the kernel header == the 
   REQUIRE(h.wait_pending(nic0));
   h.plat->find_nic(nic0)->mmio_write(0, KA_NIC_RATE_PPS, 8, 0);
   h.run_for(5);  // a moderated interrupt still due arrives
-  const auto kept_irte = posted_irte(*h.plat);
+  const auto kept_irte = h.posted_irte();
   REQUIRE(kept_irte);
   const hpa kept_at = kept_irte->pda();
   CHECK(kept_at != owned->pda());
@@ -79,7 +61,7 @@ TEST_CASE("the sim IOMMU's kept descriptor, drained by the kernel header == the 
   vmm b{*h.k, "vmm-b", *h.g, h.layout, h.ram, nic0};
   REQUIRE(b.reclaim(tok));
   const auto after = h.k->stats();
-  const auto reconnected = posted_irte(*h.plat);
+  const auto reconnected = h.posted_irte();
   REQUIRE(reconnected);
   const hw::posted_intr_desc target_now = snapshot(*h.plat, reconnected->pda());
 

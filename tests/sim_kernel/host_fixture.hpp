@@ -6,7 +6,10 @@
 
 #include <chrono>
 #include <memory>
+#include <optional>
 #include <thread>
+
+#include <keepalive/hw/irte.hpp>
 
 #include "kernel.hpp"
 #include "platform.hpp"
@@ -70,6 +73,23 @@ struct host_fixture {
         if (r.device == dev && r.nr_pending > 0) return true;
       return false;
     });
+  }
+
+  // The one posted IRTE in the interrupt-remapping table (the NIC's vector 0
+  // in these tests); nullopt if there is none or more than one.
+  std::optional<hw::irte> posted_irte() const {
+    const std::uint64_t irta = plat->vtd().irta();
+    const std::uint64_t base = irta & ~std::uint64_t{0xfff};
+    const std::uint64_t entries = std::uint64_t{1} << ((irta & 0xf) + 1);
+    std::optional<hw::irte> found;
+    for (std::uint64_t i = 0; i < entries; ++i) {
+      const std::uint64_t* w = plat->memory().word_ptr(hpa{base + i * 16});
+      const auto e = hw::irte::from_words(w[0], w[1]);
+      if (!e.present() || !e.is_posted()) continue;
+      if (found) return std::nullopt;
+      found = e;
+    }
+    return found;
   }
 
   std::unique_ptr<platform> plat;

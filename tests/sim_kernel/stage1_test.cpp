@@ -1,9 +1,7 @@
 // Stage 1 against the oracles: the device streams while its VMM restarts.
 #include <linux/vfio_keepalive.h>
 
-#include <optional>
 
-#include <keepalive/hw/irte.hpp>
 #include <keepalive/hw/posted_intr.hpp>
 
 #include "host_fixture.hpp"
@@ -216,21 +214,6 @@ TEST_CASE("a VMM killed halfway through a freeze: the entered device stays recla
 }
 
 namespace {
-// The one posted IRTE in the table (the NIC's vector 0): its descriptor address.
-std::optional<hpa> posted_pda(platform& plat) {
-  const std::uint64_t irta = plat.vtd().irta();
-  const std::uint64_t base = irta & ~std::uint64_t{0xfff};
-  const std::uint64_t entries = std::uint64_t{1} << ((irta & 0xf) + 1);
-  std::optional<hpa> found;
-  for (std::uint64_t i = 0; i < entries; ++i) {
-    const std::uint64_t* w = plat.memory().word_ptr(hpa{base + i * 16});
-    const auto e = hw::irte::from_words(w[0], w[1]);
-    if (!e.present() || !e.is_posted()) continue;
-    if (found) return std::nullopt;  // more than one: not the table this test expects
-    found = e.pda();
-  }
-  return found;
-}
 const hw::posted_intr_desc& pid_at(platform& plat, hpa a) {
   return *reinterpret_cast<const hw::posted_intr_desc*>(plat.memory().base() + a.value());
 }
@@ -244,25 +227,27 @@ TEST_CASE("stage 1 with posting: the vCPU's descriptor dies with its VM, posting
   h.run_for(30);
   h.g->pause();
   REQUIRE(a->enter_keepalive(tok));
-  const auto vcpu_pid = posted_pda(*h.plat);
-  REQUIRE(vcpu_pid);
-  CHECK_FALSE(pid_at(*h.plat, *vcpu_pid).control().sn());  // owned: the vCPU is notified
+  const auto owned = h.posted_irte();
+  REQUIRE(owned);
+  const hpa vcpu_pid = owned->pda();
+  CHECK_FALSE(pid_at(*h.plat, vcpu_pid).control().sn());  // owned: the vCPU is notified
   a->exit();
   a.reset();
-  const auto kept = posted_pda(*h.plat);
-  REQUIRE(kept);
-  CHECK(*kept != *vcpu_pid);
-  CHECK(pid_at(*h.plat, *kept).control().sn());
+  const auto parked = h.posted_irte();
+  REQUIRE(parked);
+  const hpa kept = parked->pda();
+  CHECK(kept != vcpu_pid);
+  CHECK(pid_at(*h.plat, kept).control().sn());
   // The vCPU's descriptor was freed (zeroed) with its VM; nothing points at it.
-  CHECK(pid_at(*h.plat, *vcpu_pid).control().raw() == 0);
+  CHECK(pid_at(*h.plat, vcpu_pid).control().raw() == 0);
   REQUIRE(h.wait_pending(nic0));
-  CHECK_FALSE(pid_at(*h.plat, *kept).pending().empty());  // recorded in the kept PIR
+  CHECK_FALSE(pid_at(*h.plat, kept).pending().empty());  // recorded in the kept PIR
 
   vmm b{*h.k, "vmm-b", *h.g, h.layout, h.ram, nic0};
   REQUIRE(b.reclaim(tok));
-  const auto reconnected = posted_pda(*h.plat);
+  const auto reconnected = h.posted_irte();
   REQUIRE(reconnected);  // b's vCPU descriptor (its slot may be the kept one's, freed and reused)
-  CHECK_FALSE(pid_at(*h.plat, *reconnected).control().sn());
+  CHECK_FALSE(pid_at(*h.plat, reconnected->pda()).control().sn());
   h.g->resume();
   h.run_for(30);
   h.drain_guest();
