@@ -1,7 +1,6 @@
 // Stage 1 against the oracles: the device streams while its VMM restarts.
 #include <linux/vfio_keepalive.h>
 
-
 #include <keepalive/hw/posted_intr.hpp>
 
 #include "host_fixture.hpp"
