@@ -121,7 +121,6 @@ result<restart_timing> restart(std::unique_ptr<vmm>& v, const connector& connect
   r.stop_ns = t_old.stop_ns;
   r.enter_ns = t_old.enter_ns;
   r.save_ns = t_old.save_ns;
-  r.flush_ns = t_old.flush_ns;
   r.get_state_ns = t_old.get_state_ns;
   r.release_ns = t_old.release_ns;
   measure_resume_gap(*v, r);

@@ -403,13 +403,12 @@ int main(int argc, char** argv) {
     worst_pause_ns = std::max(worst_pause_ns, timing->pause_ns);
     worst_gap_us = std::max(worst_gap_us, gap_us);
     fmt::print(
-        "minivmm: restart {}: VMM pause {:.0f} us (stop {:.0f}, keepalive enter {:.0f}, save {:.0f} [irqfd flush {:.0f}, "
-        "KVM_GET {:.0f}, close device {:.0f}], restore {:.0f}, "
-        "reclaim {:.0f}; prepared beforehand in {:.0f}){}; guest: interrupt gap across the restart {:.0f} us (largest gap "
-        "in the {:.2f} s before: {:.0f} us)\n",
+        "minivmm: restart {}: VMM pause {:.0f} us (stop {:.0f}, keepalive enter {:.0f}, save {:.0f} [close device {:.0f}, "
+        "KVM_GET {:.0f}], restore {:.0f}, reclaim {:.0f}, start {:.0f}; prepared beforehand in {:.0f}){}; guest: "
+        "interrupt gap across the restart {:.0f} us (largest gap in the {:.2f} s before: {:.0f} us)\n",
         r + 1, us(timing->pause_ns), us(timing->stop_ns), us(timing->enter_ns), us(timing->save_ns),
-        us(timing->flush_ns), us(timing->get_state_ns), us(timing->release_ns),
-        us(timing->restore_ns), us(timing->reclaim_ns), us(timing->prepare_ns),
+        us(timing->release_ns), us(timing->get_state_ns), us(timing->restore_ns), us(timing->reclaim_ns),
+        us(timing->start_ns), us(timing->prepare_ns),
         c.pause_burst > 0 ? " [quiesced, includes the burst]" : "", gap_us, slice,
         tsc_to_us(steady.max_irq_gap_tsc, v->tsc_khz()));
   }

@@ -5,6 +5,7 @@
 
 #include <cstring>
 #include <string>
+#include <utility>
 
 #include <fmt/format.h>
 
@@ -58,6 +59,31 @@ status passthrough::map_dma(std::uint64_t dma_vaddr, std::uint64_t iova, std::ui
   map.iova = iova;
   map.size = bytes;
   return from_rc(sys_.ioctl(container_, VFIO_IOMMU_MAP_DMA, &map), "VFIO_IOMMU_MAP_DMA");
+}
+
+status passthrough::repoint_dma(std::uint64_t dma_vaddr, std::uint64_t iova, std::uint64_t bytes) {
+  vfio_iommu_type1_dma_unmap unmap{};
+  unmap.argsz = sizeof unmap;
+  unmap.flags = VFIO_DMA_UNMAP_FLAG_VADDR;
+  unmap.iova = iova;
+  unmap.size = bytes;
+  if (auto st = from_rc(sys_.ioctl(container_, VFIO_IOMMU_UNMAP_DMA, &unmap), "VFIO_IOMMU_UNMAP_DMA(VADDR)"); !st) return st;
+  vfio_iommu_type1_dma_map map{};
+  map.argsz = sizeof map;
+  map.flags = VFIO_DMA_MAP_FLAG_VADDR;
+  map.vaddr = dma_vaddr;
+  map.iova = iova;
+  map.size = bytes;
+  return from_rc(sys_.ioctl(container_, VFIO_IOMMU_MAP_DMA, &map), "VFIO_IOMMU_MAP_DMA(VADDR)");
+}
+
+status passthrough::rewire_vector(const vector_route& r, int eventfd, apic_id host_cpu) {
+  // The new VM's descriptor first, then the old VM's file goes: a post that
+  // still lands in the old descriptor then finds its irqfd.
+  const int old_vm = std::exchange(kvm_, -1);
+  auto st = connect_vector(r, eventfd, host_cpu);
+  if (old_vm >= 0) (void)sys_.close(old_vm);
+  return st;
 }
 
 status passthrough::enable() {

@@ -37,6 +37,12 @@ class passthrough {
                             std::uint64_t bytes);
   // One more DMA range in the same container (IOVA = GPA).
   [[nodiscard]] status map_dma(std::uint64_t dma_vaddr, std::uint64_t iova, std::uint64_t bytes);
+  // fd hand-over (QEMU CPR): the mapping [iova, iova + bytes) keeps its IOMMU
+  // entries and gets a new process address (UNMAP_DMA then MAP_DMA, FLAG_VADDR).
+  [[nodiscard]] status repoint_dma(std::uint64_t dma_vaddr, std::uint64_t iova, std::uint64_t bytes);
+  // fd hand-over: the old VM's descriptor goes, the vector posts into one of
+  // the new VM's (connect_vector again, with the carried eventfd).
+  [[nodiscard]] status rewire_vector(const vector_route& r, int eventfd, apic_id host_cpu);
   // Memory Space + Bus Master (cold start only: a reclaimed device keeps them).
   [[nodiscard]] status enable();
   // VFIO_DEVICE_SET_IRQS(MSI-X, index) -> eventfd, then posting of that vector

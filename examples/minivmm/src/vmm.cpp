@@ -2,6 +2,7 @@
 
 #include <pthread.h>
 #include <signal.h>
+#include <sys/mman.h>
 #include <sys/eventfd.h>
 #include <time.h>
 
@@ -52,6 +53,17 @@ result<std::unique_ptr<vmm>> vmm::prepare(std::unique_ptr<host_link> host, const
   auto vm = kvm_vm::create();
   if (!vm) return vm.err();
   v->vm_ = std::move(*vm);
+  v->irq_eventfd_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  if (!v->irq_eventfd_.valid()) return error{errc_from_errno(errno), "eventfd"};
+  // The MSI route and the irqfd (KVM_SET_GSI_ROUTING waits for an SRCU grace
+  // period, ~3 ms here) on a second thread while the memory slots are set up
+  // (each also waits for one, on another SRCU): after an exec this is in the pause.
+  status routed;
+  std::jthread router{[&v, &routed, &opt] {
+    const auto& r = opt.route;
+    routed = v->vm_->set_msi_route(r.gsi, msi_address(r.guest_apic.value()), msi_data(r.guest_vector.value()));
+    if (routed) routed = v->vm_->irqfd(v->irq_eventfd_.get(), r.gsi, true);
+  }};
   auto ram = h.map_ram(h.guest_area_offset() + opt.ram_slice, bytes);
   if (!ram) return ram.err();
   v->ram_ = *ram;
@@ -65,13 +77,8 @@ result<std::unique_ptr<vmm>> vmm::prepare(std::unique_ptr<host_link> host, const
   auto khz = v->vcpu_->tsc_khz();
   if (!khz) return khz.err();
   v->tsc_khz_ = *khz;
-
-  v->irq_eventfd_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
-  if (!v->irq_eventfd_.valid()) return error{errc_from_errno(errno), "eventfd"};
-  const auto& r = opt.route;
-  if (auto st = v->vm_->set_msi_route(r.gsi, msi_address(r.guest_apic.value()), msi_data(r.guest_vector.value())); !st)
-    return st.err();
-  if (auto st = v->vm_->irqfd(v->irq_eventfd_.get(), r.gsi, true); !st) return st.err();
+  router.join();
+  if (!routed) return routed.err();
   v->timing_.prepare_ns = monotonic_ns() - t0;
   return v;
 }
@@ -81,8 +88,14 @@ vmm::~vmm() {
   nic_.reset();
   vcpu_.reset();
   vm_.reset();
-  if (ram_ != nullptr) host_->unmap_ram(ram_, opt_.guest.ram_bytes + opt_.high_ram_bytes);
-  host_->exit();
+  // Without host_ the files were carried to the successor (in-process: RAM is a plain mmap).
+  if (ram_ != nullptr) {
+    if (host_)
+      host_->unmap_ram(ram_, opt_.guest.ram_bytes + opt_.high_ram_bytes);
+    else
+      ::munmap(ram_, opt_.guest.ram_bytes + opt_.high_ram_bytes);
+  }
+  if (host_) host_->exit();
 }
 
 status vmm::boot(std::span<const std::byte> image) {
@@ -128,30 +141,36 @@ result<vmm_state> vmm::handover(const token& t) {
   }
   const std::uint64_t entered = monotonic_ns();
   timing_.enter_ns = entered - stopped;
-  // From here the device posts into its preserved descriptor. Deassigning the
-  // irqfd flushes an injection still in flight, so the LAPIC saved below has it.
+  // Closing the device (container, group, device fd) leaves it OWNERLESS: its
+  // vectors post into a descriptor keepalive owns, drained at the reclaim, and
+  // this VM's eventfd is never signalled again. Every earlier signal was
+  // injected into the LAPIC inside the eventfd write (KVM injects a fixed
+  // single-destination MSI synchronously from the irqfd wake-up): the LAPIC
+  // saved below has them all. Hence no KVM_IRQFD deassign: it waits for an SRCU
+  // grace period (1-8 ms on this host, most of the earlier pause); the irqfd
+  // goes with this VM, after the resume. Closing before saving also closes the
+  // window where an interrupt would land in a LAPIC already saved.
+  nic_.reset();
+  const std::optional<token> was_armed = std::exchange(armed_, std::nullopt);
+  const std::uint64_t released = monotonic_ns();
+  timing_.release_ns = released - entered;
+  timing_.flush_ns = 0;
   auto call_off = [&](const error& why) -> error {
-    // The restart is called off: the device leaves keepalive, the guest runs on.
-    if (!armed_) (void)nic_->keepalive_leave(t);
-    (void)vm_->irqfd(irq_eventfd_.get(), opt_.route.gsi, true);
+    // The restart is called off: this VMM reclaims its device, the guest runs on.
+    const device_record self{opt_.nic, opt_.route, t};
+    if (auto st = reclaim(self, host_->guest_area_offset() + opt_.ram_slice); !st)
+      return error{st.code(), why.message() + "; and reclaiming the device failed: " + st.err().message()};
+    if (was_armed)
+      if (auto e = nic_->keepalive_enter(*was_armed); e) armed_ = was_armed;
     resume_vcpu();
     return why;
   };
-  if (auto st = vm_->irqfd(irq_eventfd_.get(), opt_.route.gsi, false); !st) return call_off(st.err());
-  const std::uint64_t flushed = monotonic_ns();
-  timing_.flush_ns = flushed - entered;
   auto vs = vcpu_->save(vm_->state_msrs());
   if (!vs) return call_off(vs.err());
   auto chip = vm_->save_irqchip();
   if (!chip) return call_off(chip.err());
   stop_vcpu();
-  const std::uint64_t saved = monotonic_ns();
-  timing_.get_state_ns = saved - flushed;
-  // Closing the device (container, group, device fd) preserves it: the next
-  // VMM can reclaim it now, while this one still tears its VM down.
-  nic_.reset();
-  armed_.reset();
-  timing_.release_ns = monotonic_ns() - saved;
+  timing_.get_state_ns = monotonic_ns() - released;
   s.ram_phys_offset = host_->guest_area_offset() + opt_.ram_slice;
   s.tsc_khz = tsc_khz_;
   s.guest = opt_.guest;
@@ -160,6 +179,20 @@ result<vmm_state> vmm::handover(const token& t) {
   s.devices.push_back({opt_.nic, opt_.route, t});
   timing_.save_ns = monotonic_ns() - entered;
   return s;
+}
+
+status vmm::reclaim(const device_record& d, std::uint64_t ram_phys_offset) {
+  auto& h = *host_;
+  auto dev = std::make_unique<passthrough>(h.sys(), d.device);
+  if (auto st = dev->open(d.owner, h.dma_vaddr(ram_phys_offset, ram_), 0, opt_.guest.ram_bytes); !st) return st;
+  if (auto st = map_high_ram(*dev); !st) return st;
+  // Reconnecting drains what was posted while nobody owned the device into our
+  // eventfd: the irqfd injects it into the LAPIC (restored before this).
+  if (auto st = dev->connect_vector(d.route, irq_eventfd_.get(), h.host_cpu()); !st) return st;
+  if (auto st = dev->keepalive_leave(d.owner); !st) return st;
+  nic_ = std::move(dev);
+  opt_.nic = d.device;
+  return {};
 }
 
 status vmm::take_over(const vmm_state& s) {
@@ -179,23 +212,105 @@ status vmm::take_over(const vmm_state& s) {
   if (d.route.gsi != opt_.route.gsi || d.route.guest_vector != opt_.route.guest_vector ||
       d.route.guest_apic != opt_.route.guest_apic)
     return {errc::invalid, "vector route differs from the prepared one"};
-  auto& h = *host_;
-  auto dev = std::make_unique<passthrough>(h.sys(), d.device);
-  if (auto st = dev->open(d.owner, h.dma_vaddr(s.ram_phys_offset, ram_), 0, s.guest.ram_bytes); !st) return st;
-  if (auto st = map_high_ram(*dev); !st) return st;
-  // Reconnecting drains what was posted while nobody owned the device into our
-  // eventfd: the irqfd injects it into the LAPIC restored above.
-  if (auto st = dev->connect_vector(d.route, irq_eventfd_.get(), h.host_cpu()); !st) return st;
-  if (auto st = dev->keepalive_leave(d.owner); !st) return st;
-  nic_ = std::move(dev);
-  opt_.nic = d.device;
+  if (auto st = reclaim(d, s.ram_phys_offset); !st) return st;
   timing_.reclaim_ns = monotonic_ns() - restored;
   // The guest has not run since the pause: its counters are as it left them.
   const auto c = counters();
   timing_.guest_irqs_at_pause = c.interrupts;
   timing_.guest_last_irq_tsc = c.tsc_last_irq;
+  const std::uint64_t before_start = monotonic_ns();
   if (auto st = start_vcpu(); !st) return st;
-  timing_.pause_ns = monotonic_ns() - s.pause_started_ns;
+  const std::uint64_t started = monotonic_ns();
+  timing_.start_ns = started - before_start;
+  timing_.pause_ns = started - s.pause_started_ns;
+  return {};
+}
+
+result<vmm_state> vmm::save_for_restart(bool flush_irqfd) {
+  if (!running_) return error{errc::busy, "nothing to hand over"};
+  vmm_state s;
+  s.pause_started_ns = monotonic_ns();
+  pause_vcpu();
+  const std::uint64_t stopped = monotonic_ns();
+  timing_ = restart_timing{.prepare_ns = timing_.prepare_ns};
+  timing_.stop_ns = stopped - s.pause_started_ns;
+  if (flush_irqfd)
+    if (auto st = vm_->irqfd(irq_eventfd_.get(), opt_.route.gsi, false); !st) {
+      resume_vcpu();
+      return st.err();
+    }
+  const std::uint64_t flushed = monotonic_ns();
+  timing_.flush_ns = flushed - stopped;
+  auto vs = vcpu_->save(vm_->state_msrs());
+  auto chip = vs ? vm_->save_irqchip() : result<irqchip_state>{vs.err()};
+  if (!vs || !chip) {
+    if (flush_irqfd) (void)vm_->irqfd(irq_eventfd_.get(), opt_.route.gsi, true);
+    resume_vcpu();
+    return vs ? chip.err() : vs.err();
+  }
+  stop_vcpu();
+  timing_.get_state_ns = monotonic_ns() - flushed;
+  s.ram_phys_offset = host_->guest_area_offset() + opt_.ram_slice;
+  s.tsc_khz = tsc_khz_;
+  s.guest = opt_.guest;
+  s.vcpus.push_back(std::move(*vs));
+  s.irqchip = *chip;
+  timing_.save_ns = monotonic_ns() - stopped;
+  return s;
+}
+
+carried_fds vmm::release_fds() {
+  carried_fds c;
+  c.nic = std::move(nic_);
+  c.irq_eventfd = std::move(irq_eventfd_);
+  c.host = std::move(host_);
+  return c;
+}
+
+status vmm::take_over_carried(const vmm_state& s, carried_fds fds, bool rewire) {
+  if (nic_ || running_) return {errc::busy, "already running a guest"};
+  if (!fds.host || !fds.nic || !fds.irq_eventfd.valid()) return {errc::invalid, "nothing carried"};
+  if (s.vcpus.size() != 1) return {errc::invalid, "this VMM runs one vCPU"};
+  if (s.ram_phys_offset != host_->guest_area_offset() + opt_.ram_slice || s.guest.ram_bytes != opt_.guest.ram_bytes)
+    return {errc::invalid, "guest RAM of the handed-over VM is not the RAM this VMM mapped"};
+  const std::uint64_t t0 = monotonic_ns();
+  timing_ = restart_timing{.prepare_ns = timing_.prepare_ns};
+  opt_.guest = s.guest;
+  if (auto st = vm_->restore_irqchip(s.irqchip); !st) return st;
+  if (auto st = vcpu_->restore(s.vcpus[0]); !st) return st;
+  const std::uint64_t restored = monotonic_ns();
+  timing_.restore_ns = restored - t0;
+  // The carried process (its fd table) replaces the one this VMM connected
+  // with; guest RAM stays mapped (the same file, whoever mapped it).
+  host_ = std::move(fds.host);
+  nic_ = std::move(fds.nic);
+  std::uint64_t repointed = restored;
+  if (rewire) {
+    const std::uint64_t phys = s.ram_phys_offset;
+    if (auto st = nic_->repoint_dma(host_->dma_vaddr(phys, ram_), 0, s.guest.ram_bytes); !st) return st;
+    if (opt_.high_ram_bytes > 0)
+      if (auto st = nic_->repoint_dma(host_->dma_vaddr(phys + s.guest.ram_bytes, ram_ + s.guest.ram_bytes), high_ram_gpa,
+                                      opt_.high_ram_bytes);
+          !st)
+        return st;
+    repointed = monotonic_ns();
+    timing_.repoint_ns = repointed - restored;
+    // The vector posts into a descriptor of the new VM; this VM's irqfd on the
+    // carried eventfd injects what was signalled since the old one let go.
+    if (auto st = nic_->rewire_vector(opt_.route, fds.irq_eventfd.get(), host_->host_cpu()); !st) return st;
+    if (auto st = vm_->irqfd(fds.irq_eventfd.get(), opt_.route.gsi, true); !st) return st;
+    // The prepared eventfd's irqfd stays assigned to an eventfd nobody signals.
+    irq_eventfd_ = std::move(fds.irq_eventfd);
+    timing_.rewire_ns = monotonic_ns() - repointed;
+  }
+  const std::uint64_t before_start = monotonic_ns();
+  const auto c = counters();
+  timing_.guest_irqs_at_pause = c.interrupts;
+  timing_.guest_last_irq_tsc = c.tsc_last_irq;
+  if (auto st = start_vcpu(); !st) return st;
+  const std::uint64_t started = monotonic_ns();
+  timing_.start_ns = started - before_start;
+  timing_.pause_ns = started - s.pause_started_ns;
   return {};
 }
 

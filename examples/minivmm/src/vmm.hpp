@@ -4,7 +4,7 @@
 //
 // Restart protocol (two VMM objects, or two processes once the daemon exists):
 //   new = vmm::prepare(...)        VM, RAM slot, vCPU, MSI route, irqfd: while the old one runs
-//   state = old->handover(token)   pause vCPUs, keepalive-enter devices, flush irqfd, save state
+//   state = old->handover(token)   pause vCPUs, keepalive-enter and close devices, save state
 //   old.reset()                    the old process exits (its host_link closes every fd)
 //   new->take_over(state)          restore vCPUs, reclaim devices with the token, resume
 // Guest RAM is never copied: both map the same slice of the physical-memory file.
@@ -51,16 +51,29 @@ struct restart_timing {
   std::uint64_t prepare_ns = 0;  // new VMM: VM + slot + vCPU (before the pause)
   std::uint64_t stop_ns = 0;     // pause request -> vCPU out of KVM_RUN
   std::uint64_t enter_ns = 0;    // keepalive enter of every device
-  std::uint64_t save_ns = 0;     // everything after the enter (the three below)
-  std::uint64_t flush_ns = 0;    //   KVM_IRQFD deassign (flushes an injection in flight)
-  std::uint64_t get_state_ns = 0;  // KVM_GET_* of vCPU and irqchip, vCPU thread joined
+  std::uint64_t save_ns = 0;     // everything after the enter (close, KVM_GET)
+  std::uint64_t flush_ns = 0;    //   KVM_IRQFD deassign (fd hand-over only: the device keeps signalling)
   std::uint64_t release_ns = 0;  //   closing the device fds (the kernel preserves the device)
+  std::uint64_t get_state_ns = 0;  // KVM_GET_* of vCPU and irqchip, vCPU thread joined
   std::uint64_t restore_ns = 0;  // KVM_SET_* in the new VM
   std::uint64_t reclaim_ns = 0;  // open with token, map, SET_IRQS, bypass, leave
+  std::uint64_t repoint_ns = 0;  // fd hand-over: VFIO_IOMMU_UNMAP/MAP_DMA with FLAG_VADDR
+  std::uint64_t rewire_ns = 0;   // fd hand-over: SET_IRQS + posting into the new VM + KVM_IRQFD
+  std::uint64_t start_ns = 0;    // new vCPU thread started
   std::uint64_t pause_ns = 0;    // pause request -> new vCPU running
   // Guest view: its last NIC interrupt before the pause, and the gap to the
   // first one after the resume (guest TSC cycles; 0 until measured).
   std::uint64_t guest_irqs_at_pause = 0, guest_last_irq_tsc = 0, guest_gap_tsc = 0;
+};
+
+// The open files a restart can carry to the next VMM instead of re-opening
+// them (exec inheritance or SCM_RIGHTS, the QEMU CPR way): the host connection
+// whose process holds the VFIO fds, the device, and the eventfd it signals.
+// In-process hosts only (inproc_host): a sim process stands for the fd table.
+struct carried_fds {
+  std::unique_ptr<host_link> host;
+  std::unique_ptr<passthrough> nic;
+  unique_fd irq_eventfd;
 };
 
 class vmm {
@@ -77,6 +90,23 @@ class vmm {
   [[nodiscard]] result<vmm_state> handover(const token& t);
   // New side of a restart (after the old VMM exited).
   [[nodiscard]] status take_over(const vmm_state& s);
+  // Old side of a restart without keepalive: pause, save vCPU + irqchip, stop
+  // the vCPU thread. The device is untouched (it streams on). flush_irqfd
+  // deassigns the irqfd first: the device still signals the eventfd, and a
+  // signal must not land in the LAPIC of this VM once its state is saved.
+  [[nodiscard]] result<vmm_state> save_for_restart(bool flush_irqfd);
+  // After save_for_restart: gives the open files to the successor; this VMM
+  // then exits without closing them.
+  [[nodiscard]] carried_fds release_fds();
+  // New side with carried files: KVM_SET_*, adopt the files and, with rewire
+  // (fd hand-over), re-point every DMA mapping to this process's RAM
+  // (FLAG_VADDR), move the vector's posting to this VM and assign this VM's
+  // irqfd on the carried eventfd (a signal pending on it is injected then).
+  // Without rewire (the floor) the device is not touched at all.
+  [[nodiscard]] status take_over_carried(const vmm_state& s, carried_fds fds, bool rewire);
+  // Stops the vCPU for good (cold restart: the old VMM exits without handing anything over).
+  void halt() { stop_vcpu(); }
+
   // After its owner died (no state to restore): reclaim the device with the
   // token, quiesce its receive path (CTRL, not a reset), boot the guest again
   // on the same RAM; its driver re-initialises the ring.
@@ -113,6 +143,8 @@ class vmm {
   vmm(std::unique_ptr<host_link> host, const vmm_options& opt) : host_{std::move(host)}, opt_{opt} {}
   status start_vcpu();
   status map_high_ram(passthrough& dev);
+  // Open with the token, map, connect the vector to this VM, leave keepalive.
+  status reclaim(const device_record& d, std::uint64_t ram_phys_offset);
   void pause_vcpu();
   void resume_vcpu();
   void stop_vcpu();
