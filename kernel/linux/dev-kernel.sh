@@ -6,7 +6,8 @@
 #   dev-kernel.sh setup    worktree <cache>/dev/linux, branch keepalive =
 #                          pristine + patches/*.patch (git am); kept if present
 #   dev-kernel.sh build    incremental bzImage in <cache>/dev/build (stdout: path)
-#   dev-kernel.sh export   git format-patch pristine..keepalive -> patches/
+#   dev-kernel.sh export   git format-patch pristine..keepalive -> patches/ (per NNNN;
+#                          never deletes a patch the branch does not carry)
 #   dev-kernel.sh test     test.sh against the dev image (baseline as usual)
 #   dev-kernel.sh build-debug   the same with debug.fragment (lockdep...) in
 #                          <cache>/dev/build-debug; test-debug runs test.sh on it
@@ -63,11 +64,25 @@ build() {
     echo "$OUT/arch/x86/boot/bzImage"
 }
 
+# Writes one NNNN-*.patch per commit of the branch (unnumbered subjects, zero From
+# hash: a patch's bytes depend on its own commit only). A patch already in patches/
+# with the same NNNN keeps its file name (other files refer to it: 0009's is read by
+# tests/kvm_pi); patches whose NNNN the branch does not have are never touched.
 export_patches() {
     [[ -z $(git_wt status --porcelain --untracked-files=no) ]] || die "uncommitted changes in $WT"
-    rm -f "$HERE"/patches/*.patch
-    git_wt format-patch -q --no-signature -o "$HERE/patches" "$(pristine_commit)..keepalive"
-    ls "$HERE"/patches/*.patch >&2
+    local tmpd p n dest olds
+    tmpd=$(mktemp -d)
+    git_wt format-patch -q --no-signature --no-numbered --zero-commit -o "$tmpd" "$(pristine_commit)..keepalive"
+    shopt -s nullglob
+    for p in "$tmpd"/*.patch; do
+        n=$(basename "$p"); n=${n%%-*}
+        olds=("$HERE"/patches/"$n"-*.patch)
+        ((${#olds[@]} <= 1)) || die "more than one patches/$n-*.patch"
+        dest=${olds[0]:-$HERE/patches/$(basename "$p")}
+        if cmp -s "$p" "$dest"; then log "unchanged $(basename "$dest")"
+        else cp "$p" "$dest"; log "wrote $(basename "$dest")"; fi
+    done
+    rm -rf "$tmpd"
 }
 
 case "${1:-}" in

@@ -6,6 +6,9 @@
 #             unbind, cdev
 #   stage2:   the patched kernel again: stage2-before, kexec into the same kernel,
 #             stage2-after (ka.mode=stage2b)
+#   stage2x:  three kernels, two kexecs: a handover image corrupted on purpose is
+#             refused whole (K2), then a RESTORED device is released by RESET_DEVICE
+#             without being opened (K3)
 #   baseline: stage1 --baseline (the same flow on an unpatched kernel)
 # README.md describes every scenario and JSON field.
 # Prints a readable report; the LAST stdout line is one JSON object. Exit 0 iff
@@ -101,6 +104,23 @@ elif [ "$mode" = stage2 ]; then
     # Does not return when the kexec happens; the next kernel runs stage2b.
     /bin/ka_guest stage2-before
     echo "KA: stage2.before_exit=$?"
+elif [ "$mode" = stage2x ]; then
+    /bin/ka_guest stage2x-before
+    echo "KA: s2x.before_exit=$?"
+elif [ "$mode" = stage2y ]; then
+    echo "KA: s2y.dmesg_iommu_refused=$(dmesg | grep -c 'DMAR: keepalive: handover image refused')"
+    echo "KA: s2y.dmesg_translation_kept=$(dmesg | grep -c 'DMAR: keepalive: .*translation kept on, old tables dropped')"
+    echo "KA: s2y.dmesg_translation_disabled=$(dmesg | grep -c 'Translation was enabled for')"
+    echo "KA: s2y.dmesg_iommu_handover=$(dmesg | grep -c 'DMAR: keepalive: handover of')"
+    echo "KA: s2y.dmesg_vfio_refused=$(dmesg | grep -c 'vfio-keepalive: handover image refused')"
+    echo "KA: s2y.dmesg_device_stopped=$(dmesg | grep -c 'keepalive: handover image refused: bus mastering off')"
+    echo "KA: s2y.dmesg_restored=$(dmesg | grep -c 'keepalive: restored after kexec')"
+    /bin/ka_guest stage2x-refused
+    echo "KA: s2y.exit=$?"
+elif [ "$mode" = stage2z ]; then
+    echo "KA: s2z.dmesg_restored=$(dmesg | grep -c 'keepalive: restored after kexec')"
+    /bin/ka_guest stage2x-reset
+    echo "KA: s2z.exit=$?"
 elif [ "$mode" = stage2b ]; then
     echo "KA: stage2.kexec_boot_uptime=$(cut -d' ' -f1 /proc/uptime)"
     /bin/ka_guest stage2-after
@@ -108,6 +128,7 @@ elif [ "$mode" = stage2b ]; then
     echo "KA: dmesg.iommu_handover=$(dmesg | grep -c 'DMAR: keepalive: handover of 1 device')"
     echo "KA: dmesg.handover=$(dmesg | grep -c 'vfio-keepalive: handover of 1 device')"
     echo "KA: dmesg.restored=$(dmesg | grep -c 'keepalive: restored after kexec')"
+    echo "KA: dmesg.adopted=$(dmesg | grep -c 'vfio: 1 handover mapping(s) adopted')"
 else
     /bin/ka_guest stage1 --baseline
     echo "KA: stage1.exit=$?"
@@ -131,11 +152,16 @@ cp "$patched" "$root/boot/bzImage"
 cp "$tmp/initrd.gz" "$root/boot/initrd.gz"
 (cd "$root" && find . -mindepth 1 | LC_ALL=C sort |
     cpio -o -H newc -R 0:0 --reproducible --quiet | gzip -9n) >"$tmp/initrd-s2.gz"
+# stage2x kexecs twice: its first kernel loads initrd-s2.gz, its second initrd.gz.
+cp "$tmp/initrd-s2.gz" "$root/boot/initrd-s2.gz"
+(cd "$root" && find . -mindepth 1 | LC_ALL=C sort |
+    cpio -o -H newc -R 0:0 --reproducible --quiet | gzip -1n) >"$tmp/initrd-s3.gz"
 
 # boot MODE IMAGE -> serial log path; the boot's wall time in $tmp/MODE.secs
 boot() {
     local mode=$1 image=$2 serial=$CACHE/test-$1.serial.log initrd=$tmp/initrd.gz
     [[ $mode == stage2 ]] && initrd=$tmp/initrd-s2.gz
+    [[ $mode == stage2x ]] && initrd=$tmp/initrd-s3.gz
     log "booting $mode kernel $(basename "$image") (timeout ${TIMEOUT}s), serial log: $serial"
     local start rc
     start=$(now)
@@ -156,6 +182,7 @@ boot() {
 
 boot patched "$patched"
 boot stage2 "$patched"
+boot stage2x "$patched"
 if [[ -n $baseline ]]; then boot baseline "$baseline"; fi
 t_end=$(now)
 
@@ -170,6 +197,8 @@ load() {  # load ARRAYNAME SERIAL
 }
 load P "$CACHE/test-patched.serial.log"
 load S "$CACHE/test-stage2.serial.log"
+declare -A X=()
+load X "$CACHE/test-stage2x.serial.log"
 # The header the patch series adds must be the project's uapi, byte for byte.
 P[host.uapi_in_sync]=0
 if diff -q <(awk '/^diff --git/ { on = ($0 ~ /include\/uapi\/linux\/vfio_keepalive.h/) ; next }
@@ -179,6 +208,9 @@ if diff -q <(awk '/^diff --git/ { on = ($0 ~ /include\/uapi\/linux\/vfio_keepali
     P[host.uapi_in_sync]=1
 fi
 if [[ -n $baseline ]]; then load B "$CACHE/test-baseline.serial.log"; fi
+# Patch 0009's keepalive_pi.h must be kernel/linux/kvm/keepalive_pi.h, byte for byte.
+P[host.kvm_header_in_sync]=0
+if "$HERE/kvm/check-header.sh" 2>/dev/null; then P[host.kvm_header_in_sync]=1; fi
 
 failures=()
 expect() {  # expect ARRAYNAME KEY OP VALUE
@@ -293,6 +325,7 @@ grep '^KA-CHECK: FAIL fidelity' "$CACHE/test-patched.serial.log" | sed 's/^KA-CH
 expect P fidelity.mismatches == 0
 expect P fidelity.edu_did == "${P[stage1.p_domain_id]:-?}"
 expect P host.uapi_in_sync == 1
+expect P host.kvm_header_in_sync == 1
 expect P fidelity.entries_checked '>=' 8
 
 echo "-- stage2: A exits with a DMA in flight, PREPARE, kexec; the DMA lands during the reboot; B reclaims"
@@ -332,6 +365,9 @@ expect S stage2.b_dma_running_at_reboot == 1
 expect S stage2.b_dma_landed == 1
 expect S stage2.b_intx_latched == 1
 expect S stage2.b_preserved_tables_dma == 1
+expect S stage2.b_dma_running_at_attach == 1
+expect S stage2.b_attach_dma_landed == 1
+expect S dmesg.adopted == 1
 expect S stage2.b_listed_state == 5
 expect S stage2.b_generation == 1
 expect S stage2.b_open_no_token == -13
@@ -345,7 +381,11 @@ expect S stage2.b_set_msi == 0
 expect S stage2.b_irq_delivered == 1
 expect S stage2.b_luo_retrieve == 0
 expect S stage2.b_memfd_same_phys == 1
-expect S stage2.b_map_same_phys == 0
+expect S stage2.b_unmap_adopted == -13
+expect S stage2.b_map_vaddr_other_pages == -22
+expect S stage2.b_map_vaddr == 0
+expect S stage2.b_dma_running_at_takeover == 1
+expect S stage2.b_takeover_dma_landed == 1
 expect S stage2.b_buffer_holds_dma == 1
 expect S stage2.b_roundtrip == 1
 expect S stage2.b_roundtrip_irq == 1
@@ -359,6 +399,78 @@ expect S stage2.done == 1
 expect S dmesg.dmar_dma_faults == 0
 expect S dmesg.dmar_ir_faults == 0
 expect S dmesg.kernel_warnings == 0
+echo "-- stage2x K1: FROZEN, ABORT, reclaimed with the token; PREPARE; the image corrupted (debugfs, test-only)"
+expect X s2x.kexec_load == 0
+expect X s2x.a_enter == 0
+expect X s2x.a_exit == 0
+expect X s2x.corrupt_unprepared == -16
+expect X s2x.prepare == 0
+expect X s2x.p_frozen_state == 4
+expect X s2x.abort == 0
+expect X s2x.p_thawed_state == 2
+expect X s2x.r_open_wrong_token == -13
+expect X s2x.r_open_with_token == 0
+expect X s2x.r_state == 3
+expect X s2x.r_marker_kept == 1
+expect X s2x.r_bus_master == 1
+expect X s2x.r_exit == 0
+expect X s2x.r_state_after_exit == 2
+expect X s2x.prepare2 == 0
+expect X s2x.prepare2_nr_devices == 1
+expect X s2x.corrupt_bogus == -22
+expect X s2x.corrupt_byte == 0
+expect X s2x.before_kernel_warnings == 0
+echo "-- stage2x K2: the corrupted image is refused whole; the device is stopped and ordinary"
+expect X s2y.after_kernel == 1
+expect X s2y.dmesg_iommu_refused == 1
+expect X s2y.dmesg_translation_kept == 1
+expect X s2y.dmesg_translation_disabled == 0
+expect X s2y.dmesg_iommu_handover == 0
+expect X s2y.dmesg_vfio_refused == 1
+expect X s2y.dmesg_device_stopped == 1
+expect X s2y.dmesg_restored == 0
+expect X s2y.event_rejected_image == 1
+expect X s2y.event_rejected_device == 1
+expect X s2y.event_errno == 71
+expect X s2y.generation == 0
+expect X s2y.listed == 0
+expect X s2y.translation_enabled == 1
+expect X s2y.bus_master == 0
+expect X s2y.c_open_with_token == -2
+expect X s2y.c_open_plain == 0
+expect X s2y.c_state == 0
+expect X s2y.kexec_load == 0
+expect X s2y.a_enter == 0
+expect X s2y.p_state == 2
+expect X s2y.prepare == 0
+expect X s2y.prepare_nr_devices == 1
+expect X s2y.before_kernel_warnings == 0
+echo "-- stage2x K3: a RESTORED device never opened, released by RESET_DEVICE"
+expect X s2z.after_kernel == 1
+expect X s2z.dmesg_restored == 1
+expect X s2z.listed_state == 5
+expect X s2z.generation == 1
+expect X s2z.bus_master_before == 1
+expect X s2z.reset == 0
+expect X s2z.reset_again == -16
+expect X s2z.listed_after == 0
+expect X s2z.event_reset == 1
+expect X s2z.bus_master_after == 0
+expect X s2z.c_open_with_token == -2
+expect X s2z.c_open_plain == 0
+expect X s2z.c_state == 0
+expect X s2z.done == 1
+expect X dmesg.dmar_ir_faults == 0
+expect X dmesg.kernel_warnings == 0
+for k in s2x.before_debug_locks s2y.before_debug_locks boot.debug_locks; do
+    if [[ -n ${X[$k]:-} ]]; then expect X "$k" == 1; fi
+done
+handover_rejected_safe=false
+[[ ${X[s2y.event_rejected_device]:-} == 1 && ${X[s2y.bus_master]:-} == 0 && ${X[s2y.translation_enabled]:-} == 1 &&
+   ${X[s2y.c_open_with_token]:-} == -2 && ${X[s2y.c_open_plain]:-} == 0 ]] && handover_rejected_safe=true
+restored_reset_released=false
+[[ ${X[s2z.reset]:-} == 0 && ${X[s2z.event_reset]:-} == 1 && ${X[s2z.bus_master_after]:-} == 0 &&
+   ${X[s2z.c_open_plain]:-} == 0 ]] && restored_reset_released=true
 stage2=pass
 ((${#failures[@]} == s2_start)) || stage2=fail
 printf '  freeze -> first interrupt %s ms, reboot -> userspace %s ms (TSC)\n' \
@@ -420,6 +532,8 @@ printf '"unowned_fault_detected":%s,"operator_reset":%s,' \
 printf '"stage2_freeze_to_irq_ms":%s,"stage2_reboot_to_userspace_ms":%s,"stage2_boot_s":%s,' \
     "$(num "${S[stage2.freeze_to_irq_ms]:-}")" "$(num "${S[stage2.reboot_to_userspace_ms]:-}")" \
     "$(cat "$tmp/stage2.secs" 2>/dev/null || echo null)"
+printf '"stage2x_handover_rejected_safe":%s,"stage2x_restored_reset_released":%s,"stage2x_boot_s":%s,' \
+    "$handover_rejected_safe" "$restored_reset_released" "$(cat "$tmp/stage2x.secs" 2>/dev/null || echo null)"
 printf '"patched_boot_s":%s,"baseline_boot_s":%s,"total_s":%s}\n' "$(cat "$tmp/patched.secs")" \
     "$(cat "$tmp/baseline.secs" 2>/dev/null || echo null)" "$(secs "$t0" "$t_end")"
 ((ok == 1))

@@ -38,6 +38,8 @@ int run_unbind();
 int run_cdev();
 // Stage 2: before the kexec (prepares and reboots) or after it (reclaims).
 int run_stage2(bool after_kexec);
+// stage2x, kernel 1, 2 or 3: a corrupted handover refused; RESET_DEVICE of a RESTORED device.
+int run_stage2x(int kernel);
 // Reads Linux's own VT-d tables from /dev/mem and checks them against debugfs
 // and against the buffer mapped at iova (its pages' physical addresses).
 int run_fidelity(const edu_location& loc, const std::uint8_t* buf, std::uint64_t iova, std::size_t bytes);

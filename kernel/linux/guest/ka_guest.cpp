@@ -7,6 +7,7 @@
 //   ka_guest unbind
 //   ka_guest cdev
 //   ka_guest stage2-before | stage2-after
+//   ka_guest stage2x-before | stage2x-refused | stage2x-reset
 #include <cstdio>
 #include <cstring>
 #include <string_view>
@@ -28,7 +29,10 @@ int main(int argc, char** argv) {
   if (cmd == "cdev") return ka_guest::run_cdev();
   if (cmd == "stage2-before") return ka_guest::run_stage2(false);
   if (cmd == "stage2-after") return ka_guest::run_stage2(true);
-  std::fprintf(stderr, "usage: %s stage1 [--baseline] [--fidelity] | conformance | unowned-fault | unbind | cdev | stage2-before | stage2-after\n",
+  if (cmd == "stage2x-before") return ka_guest::run_stage2x(1);
+  if (cmd == "stage2x-refused") return ka_guest::run_stage2x(2);
+  if (cmd == "stage2x-reset") return ka_guest::run_stage2x(3);
+  std::fprintf(stderr, "usage: %s stage1 [--baseline] [--fidelity] | conformance | unowned-fault | unbind | cdev | stage2-before | stage2-after | stage2x-before | stage2x-refused | stage2x-reset\n",
                argv[0]);
   return 2;
 }

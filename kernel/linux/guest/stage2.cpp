@@ -16,10 +16,12 @@
 // through the preserved tables in both directions. Then the device is listed
 // RESTORED with the old DID, a wrong token is EACCES, the token reclaims it
 // (RECLAIMED), it was not reset (marker, bus mastering, BAR0 unchanged), the
-// latched completion is delivered to the new owner's MSI eventfd, the new
-// owner maps the same physical pages at the same IOVA (no adoption of the
-// type1 mappings: see README) and does a DMA round trip with an interrupt,
-// then LEAVE (wrong token EACCES) -> RUNNING.
+// latched completion is delivered to the new owner's MSI eventfd. Mappings
+// (patch 0010): a DMA runs while the owner's container is attached and lands
+// in the same page; the container holds the handover's mappings without a
+// vaddr, the owner supplies it (MAP_DMA|VADDR, another DMA running meanwhile;
+// other pages EINVAL, UNMAP EACCES), never a plain MAP_DMA, and does a DMA
+// round trip with an interrupt, then LEAVE (wrong token EACCES) -> RUNNING.
 #include <fcntl.h>
 #include <linux/reboot.h>
 #include <sys/eventfd.h>
@@ -39,6 +41,7 @@
 #include <fstream>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "guest.hpp"
 #include "keepalive/abi/ops.hpp"
@@ -53,7 +56,8 @@ namespace abi = keepalive::abi;
 namespace hw = keepalive::hw;
 using keepalive::hpa;
 
-constexpr const char* sc = "stage2";
+// The report prefix: stage2, or s2x/s2y/s2z for the three kernels of stage2x.
+const char* sc = "stage2";
 constexpr std::uint64_t dma_iova = 0x100000;
 constexpr std::uint64_t notes_iova = dma_iova + 4096;
 constexpr std::size_t buffer_bytes = 8192;  // DMA page + notes page
@@ -107,11 +111,15 @@ class sysfs_bar0 {
   [[nodiscard]] bool ok() const { return regs_ != nullptr; }
   [[nodiscard]] std::uint32_t read(std::uint64_t reg) const { return regs_[reg / 4]; }
   void write(std::uint64_t reg, std::uint32_t v) const { regs_[reg / 4] = v; }
-  bool dma(std::uint64_t iova, std::uint32_t bytes, bool to_ram) const {
+  void start(std::uint64_t iova, std::uint32_t bytes, bool to_ram) const {
     write(edu::reg_dma_src, static_cast<std::uint32_t>(to_ram ? edu::dma_buffer : iova));
     write(edu::reg_dma_dst, static_cast<std::uint32_t>(to_ram ? iova : edu::dma_buffer));
     write(edu::reg_dma_count, bytes);
     write(edu::reg_dma_cmd, edu::dma_cmd_run | (to_ram ? edu::dma_cmd_to_ram : 0u));
+  }
+  [[nodiscard]] bool running() const { return (read(edu::reg_dma_cmd) & edu::dma_cmd_run) != 0; }
+  bool dma(std::uint64_t iova, std::uint32_t bytes, bool to_ram) const {
+    start(iova, bytes, to_ram);
     for (int i = 0; i < 400; ++i) {
       if (!(read(edu::reg_dma_cmd) & edu::dma_cmd_run)) return true;
       std::this_thread::sleep_for(std::chrono::milliseconds(5));
@@ -261,13 +269,13 @@ void report_kernel_health() {
     if (l.find("debug_locks:") != std::string::npos) report(sc, "before_debug_locks", l.substr(l.find(':') + 1).find('1') != std::string::npos ? 1 : 0);
 }
 
-std::string next_cmdline() {
+std::string next_cmdline(const char* mode) {
   std::ifstream in{"/proc/cmdline"};
   std::string c;
   std::getline(in, c);
   const auto at = c.find("ka.mode=");
   if (at != std::string::npos) c.erase(at, c.find(' ', at) == std::string::npos ? std::string::npos : c.find(' ', at) - at + 1);
-  return c + " ka.mode=stage2b";
+  return c + " ka.mode=" + mode;
 }
 
 int before() {
@@ -276,7 +284,7 @@ int before() {
   auto& sys = abi::linux_syscalls();
 
   // Load the next kernel first: kexec_file_load hashes the segments (slow under TCG).
-  const std::string cmdline = next_cmdline();
+  const std::string cmdline = next_cmdline("stage2b");
   const int kfd = open("/boot/bzImage", O_RDONLY | O_CLOEXEC);
   const int ifd = open("/boot/initrd.gz", O_RDONLY | O_CLOEXEC);
   const long loaded = syscall(SYS_kexec_file_load, kfd, ifd, cmdline.size() + 1, cmdline.c_str(), 0ul);
@@ -419,8 +427,22 @@ int after() {
   const keepalive::token token = make_token(0x21);
   keepalive::token::bytes wrong_bytes = token.raw();
   wrong_bytes[0] ^= 0x80;
+  // A DMA in flight while the new owner's container is attached: its first
+  // domain is filled with the handover's translations before the attach, so
+  // the DMA lands in the same page (edu's buffer still holds pattern 1).
+  sysfs_bar0 bar{loc->bdf};
+  const std::vector<std::uint8_t> zeros(half, 0);
+  if (!bar.ok() || pwrite(mem.fd(), zeros.data(), half, static_cast<off_t>(dma_phys)) != static_cast<ssize_t>(half))
+    return fail(sc, "b_attach_dma_setup");
+  bar.start(dma_iova, half, true);
   vfio_edu v;
   if (int rc = v.open_group(*loc); rc) return fail(sc, "b_open_group", rc);
+  report(sc, "b_dma_running_at_attach", bar.running() ? 1 : 0);
+  for (int i = 0; i < 400 && bar.running(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  {
+    std::uint8_t got[half] = {};
+    report(sc, "b_attach_dma_landed", !bar.running() && mem.read(dma_phys, got, half) && holds_pattern(got, half, 1) ? 1 : 0);
+  }
   report(sc, "b_open_no_token", v.get_device(loc->bdf));
   report(sc, "b_open_wrong_token", v.get_device(abi::reclaim_name(bdf, keepalive::token{wrong_bytes})));
   const int rc = v.get_device(abi::reclaim_name(bdf, token));
@@ -449,8 +471,9 @@ int after() {
     report(sc, "reboot_to_userspace_ms", (tsc_start - n.tsc_reboot) / per_ms);
   }
 
-  // The new owner's container starts empty: it gets the guest RAM memfd back
-  // from LUO (the same physical pages) and maps it at the same IOVAs.
+  // The new owner's container holds the handover's mappings without a vaddr:
+  // it gets the guest RAM memfd back from LUO (the same physical pages) and
+  // supplies the vaddr (VFIO_DMA_MAP_FLAG_VADDR); no MAP_DMA of guest memory.
   const int session = luo::open_session(true);
   luo::fd_req rr{sizeof(luo::fd_req), -1, luo::memfd_token};
   const int got_fd = session < 0 ? session : ioctl(session, luo::retrieve_fd, &rr) < 0 ? -errno : 0;
@@ -462,7 +485,26 @@ int after() {
     report(sc, "b_memfd_phys", hex(phys.value_or(0)));
     report(sc, "b_memfd_same_phys", phys && *phys == dma_phys ? 1 : 0);
   }
-  report(sc, "b_map_same_phys", p == MAP_FAILED ? -errno : v.map_dma(dma_iova, p, buffer_bytes));
+  report(sc, "b_unmap_adopted", v.unmap_dma(dma_iova, buffer_bytes, 0));
+  {
+    void* other = mmap(nullptr, buffer_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (other != MAP_FAILED) std::memset(other, 1, buffer_bytes);
+    report(sc, "b_map_vaddr_other_pages",
+           other == MAP_FAILED ? -errno : v.map_dma(dma_iova, other, buffer_bytes, VFIO_DMA_MAP_FLAG_VADDR));
+    if (other != MAP_FAILED) munmap(other, buffer_bytes);
+  }
+  // A DMA in flight while the owner takes the mappings over (edu's buffer: pattern 1).
+  bool takeover_dma_started = false;
+  if (p != MAP_FAILED) {
+    std::memset(static_cast<std::uint8_t*>(p) + 4096 + 2048, 0, half);
+    takeover_dma_started = v.start_dma(notes_iova + 2048, half, true, false);
+  }
+  report(sc, "b_map_vaddr", p == MAP_FAILED ? -errno : v.map_dma(dma_iova, p, buffer_bytes, VFIO_DMA_MAP_FLAG_VADDR));
+  if (p != MAP_FAILED) {
+    report(sc, "b_dma_running_at_takeover", takeover_dma_started && v.bar0_read32(edu::reg_dma_cmd).value_or(0) & edu::dma_cmd_run ? 1 : 0);
+    report(sc, "b_takeover_dma_landed",
+           v.wait_dma(2000) && holds_pattern(static_cast<std::uint8_t*>(p) + 4096 + 2048, half, 1) ? 1 : 0);
+  }
   if (p != MAP_FAILED) {
     auto* buf = static_cast<std::uint8_t*>(p);
     report(sc, "b_buffer_holds_dma", holds_pattern(buf + half, half, 1) ? 1 : 0);
@@ -488,8 +530,198 @@ int after() {
   return 0;
 }
 
+// ------------------------------------------------- stage2x: three kernels
+// K1 (s2x): A kept alive; PREPARE, ABORT; B reclaims the thawed device with
+//   the token and exits; PREPARE again; the image is corrupted through the
+//   test-only debugfs knob; kexec.
+// K2 (s2y): the image is refused: HANDOVER_REJECTED (EPROTO), nothing
+//   restored (generation 0, nothing listed), translation still on, Bus Master
+//   off, the token is ENOENT, the device opens as an ordinary one. Then A2
+//   keeps it alive again, PREPARE (valid), kexec.
+// K3 (s2z): RESTORED; RESET_DEVICE without any open releases it (EVENT_RESET,
+//   Bus Master off, not listed), the token is ENOENT, a plain open works.
+int load_next(const char* initrd, const char* mode) {
+  const std::string cmdline = next_cmdline(mode);
+  const int kfd = open("/boot/bzImage", O_RDONLY | O_CLOEXEC);
+  const int ifd = open(initrd, O_RDONLY | O_CLOEXEC);
+  const long loaded = syscall(SYS_kexec_file_load, kfd, ifd, cmdline.size() + 1, cmdline.c_str(), 0ul);
+  const int rc = loaded == 0 ? 0 : -errno;
+  report(sc, "kexec_load", rc);
+  return rc;
+}
+
+[[noreturn]] void kexec_now() {
+  report(sc, "kexec", "now");
+  std::fflush(stdout);
+  syscall(SYS_reboot, LINUX_REBOOT_MAGIC1, LINUX_REBOOT_MAGIC2, LINUX_REBOOT_CMD_KEXEC, nullptr);
+  _exit(fail(sc, "reboot", -errno));
+}
+
+// Forks A (owner_a with a fresh two-page memfd) and waits for its exit.
+int keep_alive_a(const edu_location& loc, const keepalive::token& t) {
+  const int memfd = memfd_create("ka-s2x", MFD_CLOEXEC);
+  if (memfd < 0 || ftruncate(memfd, buffer_bytes) < 0) return fail(sc, "memfd");
+  std::fflush(stdout);
+  const pid_t a = fork();
+  if (a == 0) _exit(owner_a(loc, memfd, t));
+  int st = 0;
+  waitpid(a, &st, 0);
+  report(sc, "a_exit", WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st));
+  return 0;
+}
+
+// A child that opens the device with the token (must be ENOENT: an ordinary
+// device) and then plainly; reports <prefix>_open_with_token/_open_plain/_state.
+void open_as_ordinary(const edu_location& loc, const keepalive::token& t, const char* prefix) {
+  std::fflush(stdout);
+  const pid_t c = fork();
+  if (c == 0) {
+    vfio_edu v;
+    if (int rc = v.open_group(loc); rc) _exit(fail(sc, fmt::format("{}_open_group", prefix), rc));
+    const auto b = *keepalive::bdf::parse(loc.bdf);
+    report(sc, fmt::format("{}_open_with_token", prefix), v.get_device(abi::reclaim_name(b, t)));
+    report(sc, fmt::format("{}_open_plain", prefix), v.get_device(loc.bdf));
+    if (const auto st = abi::keepalive_status(abi::linux_syscalls(), v.device()))
+      report(sc, fmt::format("{}_state", prefix), static_cast<unsigned>(st->state));
+    std::fflush(stdout);
+    _exit(0);
+  }
+  int st = 0;
+  waitpid(c, &st, 0);
+}
+
+int corrupt(const char* how) {
+  const int fd = open("/sys/kernel/debug/vfio-keepalive/corrupt_handover", O_WRONLY | O_CLOEXEC);
+  if (fd < 0) return -errno;
+  const ssize_t n = write(fd, how, std::strlen(how));
+  const int rc = n < 0 ? -errno : 0;
+  close(fd);
+  return rc;
+}
+
+int s2x_first() {
+  sc = "s2x";
+  const auto loc = find_edu();
+  if (!loc) return fail(sc, "find_edu");
+  auto& sys = abi::linux_syscalls();
+  if (load_next("/boot/initrd-s2.gz", "stage2y")) return 1;
+  const keepalive::token token = make_token(0x31);
+  keep_alive_a(*loc, token);
+  auto ctl = sys.open(VFIO_KEEPALIVE_CTL_PATH, O_RDWR);
+  if (!ctl) return fail(sc, "ctl_open", rc_of(ctl));
+  report(sc, "corrupt_unprepared", corrupt("byte"));
+  report(sc, "prepare", rc_of(abi::stage2_prepare(sys, *ctl)));
+  if (const auto row = listed(*ctl)) report(sc, "p_frozen_state", static_cast<unsigned>(row->state));
+  report(sc, "abort", rc_of(abi::stage2_abort(sys, *ctl)));
+  if (const auto row = listed(*ctl)) report(sc, "p_thawed_state", static_cast<unsigned>(row->state));
+
+  // The device that was FROZEN, thawed by ABORT, is reclaimed with its token.
+  std::fflush(stdout);
+  const pid_t b = fork();
+  if (b == 0) {
+    vfio_edu v;
+    if (int rc = v.open_group(*loc); rc) _exit(fail(sc, "r_open_group", rc));
+    keepalive::token::bytes wrong = token.raw();
+    wrong[3] ^= 0x01;
+    const auto bdf = *keepalive::bdf::parse(loc->bdf);
+    report(sc, "r_open_wrong_token", v.get_device(abi::reclaim_name(bdf, keepalive::token{wrong})));
+    const int rc = v.get_device(abi::reclaim_name(bdf, token));
+    report(sc, "r_open_with_token", rc);
+    if (rc) _exit(1);
+    if (const auto st = abi::keepalive_status(abi::linux_syscalls(), v.device()))
+      report(sc, "r_state", static_cast<unsigned>(st->state));
+    report(sc, "r_marker_kept", v.bar0_read32(edu::reg_liveness) == ~marker ? 1 : 0);
+    const auto cmd = sysfs_config_read(loc->bdf, pci_command, 2);
+    report(sc, "r_bus_master", cmd && (*cmd & pci_command_master) ? 1 : 0);
+    std::fflush(stdout);
+    _exit(0);  // no LEAVE: ownerless again, reclaimable with the same token
+  }
+  int st = 0;
+  waitpid(b, &st, 0);
+  report(sc, "r_exit", WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st));
+  if (const auto row = listed(*ctl)) report(sc, "r_state_after_exit", static_cast<unsigned>(row->state));
+
+  const auto prep2 = abi::stage2_prepare(sys, *ctl);
+  report(sc, "prepare2", rc_of(prep2));
+  report(sc, "prepare2_nr_devices", prep2 ? prep2->nr_devices : 0u);
+  report(sc, "corrupt_bogus", corrupt("bogus"));
+  report(sc, "corrupt_byte", corrupt("byte"));
+  report_kernel_health();
+  kexec_now();
+}
+
+int s2y_refused() {
+  sc = "s2y";
+  report(sc, "after_kernel", 1);
+  const auto loc = find_edu();
+  if (!loc) return fail(sc, "find_edu");
+  auto& sys = abi::linux_syscalls();
+  const auto bdf = *keepalive::bdf::parse(loc->bdf);
+  auto ctl = sys.open(VFIO_KEEPALIVE_CTL_PATH, O_RDWR);
+  if (!ctl) return fail(sc, "ctl_open", rc_of(ctl));
+  int image_event = 0, device_event = 0, err = 0;
+  while (auto e = abi::read_event(sys, *ctl)) {
+    if (e->type != VFIO_KEEPALIVE_EVENT_HANDOVER_REJECTED) continue;
+    if (e->device == bdf) device_event = 1;
+    else if (e->device.packed() == 0) image_event = 1;
+    err = e->error_number;
+  }
+  report(sc, "event_rejected_image", image_event);
+  report(sc, "event_rejected_device", device_event);
+  report(sc, "event_errno", err);
+  if (const auto info = abi::get_info(sys, *ctl)) report(sc, "generation", info->generation);
+  if (auto l = abi::list_devices(sys, *ctl)) report(sc, "listed", l->size());
+  if (const auto base = dmar_base()) {
+    const auto gsts = mmio_read64(*base, 0x1c);
+    report(sc, "translation_enabled", gsts && (*gsts & (1u << 31)) ? 1 : 0);
+  }
+  const auto cmd = sysfs_config_read(loc->bdf, pci_command, 2);
+  report(sc, "bus_master", cmd && (*cmd & pci_command_master) ? 1 : 0);
+  open_as_ordinary(*loc, make_token(0x31), "c");
+
+  // Kept alive again, a valid handover this time, for K3.
+  if (load_next("/boot/initrd.gz", "stage2z")) return 1;
+  keep_alive_a(*loc, make_token(0x41));
+  if (const auto row = listed(*ctl)) report(sc, "p_state", static_cast<unsigned>(row->state));
+  const auto prep = abi::stage2_prepare(sys, *ctl);
+  report(sc, "prepare", rc_of(prep));
+  report(sc, "prepare_nr_devices", prep ? prep->nr_devices : 0u);
+  report_kernel_health();
+  kexec_now();
+}
+
+int s2z_reset() {
+  sc = "s2z";
+  report(sc, "after_kernel", 1);
+  const auto loc = find_edu();
+  if (!loc) return fail(sc, "find_edu");
+  auto& sys = abi::linux_syscalls();
+  const auto bdf = *keepalive::bdf::parse(loc->bdf);
+  auto ctl = sys.open(VFIO_KEEPALIVE_CTL_PATH, O_RDWR);
+  if (!ctl) return fail(sc, "ctl_open", rc_of(ctl));
+  while (abi::read_event(sys, *ctl)) {
+  }
+  if (const auto row = listed(*ctl)) report(sc, "listed_state", static_cast<unsigned>(row->state));
+  if (const auto info = abi::get_info(sys, *ctl)) report(sc, "generation", info->generation);
+  const auto before = sysfs_config_read(loc->bdf, pci_command, 2);
+  report(sc, "bus_master_before", before && (*before & pci_command_master) ? 1 : 0);
+  report(sc, "reset", rc_of(abi::reset_device(sys, *ctl, bdf)));
+  report(sc, "reset_again", rc_of(abi::reset_device(sys, *ctl, bdf)));
+  if (auto l = abi::list_devices(sys, *ctl)) report(sc, "listed_after", l->size());
+  int reset_event = 0;
+  while (auto e = abi::read_event(sys, *ctl))
+    if (e->type == VFIO_KEEPALIVE_EVENT_RESET && e->device == bdf) reset_event = 1;
+  report(sc, "event_reset", reset_event);
+  const auto cmd = sysfs_config_read(loc->bdf, pci_command, 2);
+  report(sc, "bus_master_after", cmd && (*cmd & pci_command_master) ? 1 : 0);
+  open_as_ordinary(*loc, make_token(0x41), "c");
+  report(sc, "done", 1);
+  return 0;
+}
+
 }  // namespace
 
 int run_stage2(bool after_kexec) { return after_kexec ? after() : before(); }
+int run_stage2x(int kernel) { return kernel == 1 ? s2x_first() : kernel == 2 ? s2y_refused() : s2z_reset(); }
 
 }  // namespace ka_guest

@@ -4,7 +4,7 @@
 # Exit 0 if they are; the diff goes to stderr otherwise.
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-PATCH=$HERE/../patches/0009-kvm-vmx-keep-posted-interrupts-of-kept-alive-devices.patch
+PATCH=$(ls "$HERE"/../patches/0009-*.patch | head -n1)
 HEADER=$HERE/keepalive_pi.h
 KPATH=arch/x86/kvm/vmx/keepalive_pi.h
 
