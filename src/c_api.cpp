@@ -9,6 +9,8 @@
 #include <new>
 #include <string>
 
+#include <fmt/format.h>
+
 #include "keepalive/abi/syscalls.hpp"
 #include "keepalive/session.hpp"
 #include "keepalive/sim_transport.hpp"
@@ -249,31 +251,64 @@ int ka_session_open(ka_session* s, const ka_wiring* w) {
   });
 }
 
+namespace {
+// The C state as the session's; errc::fault names the NULL pointer.
+result<vmm_state> vmm_state_of(const ka_vmm_state& st, std::string_view what) {
+  vmm_state vs;
+  vs.nr_vcpus = st.nr_vcpus;
+  if (st.nr_blobs && !st.blobs) return error{errc::fault, fmt::format("{}: blobs is NULL", what)};
+  for (std::size_t i = 0; i < st.nr_blobs; ++i) {
+    const auto& b = st.blobs[i];
+    if (b.len && !b.data) return error{errc::fault, fmt::format("{}: blob data is NULL", what)};
+    const auto* p = static_cast<const std::byte*>(b.data);
+    vs.vcpu_state.push_back({b.vcpu, static_cast<vcpu_state_tag>(b.tag), std::vector<std::byte>(p, p + b.len)});
+  }
+  if (st.extra_len && !st.extra) return error{errc::fault, fmt::format("{}: extra is NULL", what)};
+  const auto* e = static_cast<const std::byte*>(st.extra);
+  vs.extra.assign(e, e + st.extra_len);
+  return vs;
+}
+}  // namespace
+
 int ka_session_freeze(ka_session* s, const char* tok, const ka_vmm_state* st, std::uint32_t flags, ka_snapshot** out) {
   if (!s) return -EINVAL;
-  if (!out || !st) return fail(s, errc::invalid, "freeze: state and out are required");
+  if (!out) return fail(s, errc::invalid, "freeze: out is required");
   if (flags & ~KA_FREEZE_ALLOW_MASKING) return fail(s, errc::invalid, "freeze: unknown flag");
   const auto t = parse_token(tok);
   if (!t) return fail(s, errc::invalid, std::string{"freeze: not a UUID: "} + (tok ? tok : "(null)"));
   return guarded(s, [&]() -> int {
-    vmm_state vs;
-    vs.nr_vcpus = st->nr_vcpus;
-    if (st->nr_blobs && !st->blobs) return fail(s, errc::fault, "freeze: blobs is NULL");
-    for (std::size_t i = 0; i < st->nr_blobs; ++i) {
-      const auto& b = st->blobs[i];
-      if (b.len && !b.data) return fail(s, errc::fault, "freeze: blob data is NULL");
-      const auto* p = static_cast<const std::byte*>(b.data);
-      vs.vcpu_state.push_back({b.vcpu, static_cast<vcpu_state_tag>(b.tag), std::vector<std::byte>(p, p + b.len)});
-    }
-    if (st->extra_len && !st->extra) return fail(s, errc::fault, "freeze: extra is NULL");
-    const auto* e = static_cast<const std::byte*>(st->extra);
-    vs.extra.assign(e, e + st->extra_len);
+    const freeze_options opt{.allow_masking = (flags & KA_FREEZE_ALLOW_MASKING) != 0};
     auto snap = std::make_unique<ka_snapshot>();
-    auto r = s->s->freeze(*t, vs, {.allow_masking = (flags & KA_FREEZE_ALLOW_MASKING) != 0});
+    result<snapshot> r{errc::invalid, "freeze"};
+    if (st) {
+      auto vs = vmm_state_of(*st, "freeze");
+      if (!vs) return fail(s, vs.err());
+      r = s->s->freeze(*t, *vs, opt);
+    } else {
+      r = s->s->freeze(*t, opt);  // close-first: the vCPU state comes after hand_over
+    }
     if (!r) return fail(s, r.err());
     snap->snap = std::move(*r);
     *out = snap.release();
     return 0;
+  });
+}
+
+int ka_snapshot_add_vmm_state(ka_snapshot* snap, const ka_vmm_state* st) {
+  if (!snap || !st) return fail(nullptr, errc::invalid, "add_vmm_state: snapshot and state are required");
+  return guarded(nullptr, [&]() -> int {
+    auto vs = vmm_state_of(*st, "add_vmm_state");
+    if (!vs) return fail(nullptr, vs.err());
+    return status_to_int(nullptr, add_vmm_state(snap->snap, std::move(*vs)));
+  });
+}
+
+int ka_session_call_off(ka_session* s, const ka_wiring* w) {
+  if (!s) return -EINVAL;
+  if (!wiring_ok(w)) return fail(s, errc::invalid, "call_off: wiring needs eventfd and connect");
+  return guarded(s, [&]() -> int {
+    c_wiring cw{*w};
+    return status_to_int(s, s->s->call_off(cw));
   });
 }
 

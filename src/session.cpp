@@ -97,7 +97,11 @@ struct session::impl {
   int container = -1;
   std::map<std::uint32_t, int> groups;
   token owner;
+  std::vector<abi::irq_mode> frozen_modes;  // per device, as entered at freeze
   std::vector<timing_mark> marks;
+
+  result<snapshot> enter_all(const token& t, snapshot snap, freeze_options opt);
+  status reclaim_all(const snapshot& snap, interrupt_wiring& w);
 
   void mark(mark_kind k, std::size_t device = timing_mark::no_device) { marks.push_back({k, device, clock::now()}); }
 
@@ -359,6 +363,20 @@ status session::open(interrupt_wiring& w) {
   return {};
 }
 
+status add_vmm_state(snapshot& snap, vmm_state state) {
+  // Swapped in, validated, swapped back out if refused: no copy in the pause.
+  std::swap(snap.nr_vcpus, state.nr_vcpus);
+  std::swap(snap.vcpu_state, state.vcpu_state);
+  std::swap(snap.extra, state.extra);
+  if (auto why = validate(snap)) {
+    std::swap(snap.nr_vcpus, state.nr_vcpus);
+    std::swap(snap.vcpu_state, state.vcpu_state);
+    std::swap(snap.extra, state.extra);
+    return {errc::invalid, "add_vmm_state: " + *why};
+  }
+  return {};
+}
+
 result<snapshot> session::freeze(const token& t, const vmm_state& state, freeze_options opt) {
   auto& m = *m_;
   if (auto st = m.allow("freeze"); !st) return st.err();
@@ -371,7 +389,29 @@ result<snapshot> session::freeze(const token& t, const vmm_state& state, freeze_
   snap.vcpu_state = state.vcpu_state;
   snap.extra = state.extra;
   if (auto why = validate(snap)) return {errc::invalid, "freeze: " + *why};
+  return m.enter_all(t, std::move(snap), opt);
+}
 
+result<snapshot> session::freeze(const token& t) { return freeze(t, freeze_options{}); }
+
+result<snapshot> session::freeze(const token& t, freeze_options opt) {
+  auto& m = *m_;
+  if (auto st = m.allow("freeze"); !st) return st.err();
+  if (t.is_nil()) return {errc::invalid, "freeze: all-zero token"};
+  // Devices and RAM were checked when added (or came from a validated
+  // snapshot); vCPU numbers are checked by add_vmm_state. Nothing to validate
+  // in the pause.
+  snapshot snap;
+  snap.owner = t;
+  snap.nr_vcpus = 0;  // incomplete until add_vmm_state
+  snap.devices.reserve(m.specs.size());
+  for (const auto& d : m.specs) snap.devices.push_back({d.address, d.group, abi::irq_mode::none, d.vectors});
+  snap.ram = m.ram;
+  return m.enter_all(t, std::move(snap), opt);
+}
+
+result<snapshot> session::impl::enter_all(const token& t, snapshot snap, freeze_options opt) {
+  auto& m = *this;
   m.mark(mark_kind::freeze_begin);
   const std::size_t n = m.slots.size();
   for (std::size_t i = 0; i < n; ++i) {
@@ -409,6 +449,8 @@ result<snapshot> session::freeze(const token& t, const vmm_state& state, freeze_
             fmt::format("{}; {} left keepalive again, the VM keeps running", failed->context(), first_n(undo))};
   }
   for (std::size_t i = 0; i < n; ++i) snap.devices[i].mode = m.slots[i].mode;
+  m.frozen_modes.clear();
+  for (const auto& d : snap.devices) m.frozen_modes.push_back(d.mode);
   m.mark(mark_kind::snapshot);
   m.owner = t;
   m.phase = session_phase::frozen;
@@ -462,6 +504,33 @@ status session::reclaim(const snapshot& snap, interrupt_wiring& w) {
   if (auto st = m.allow("reclaim"); !st) return st.err();
   if (auto why = validate(snap)) return {errc::invalid, "reclaim: snapshot: " + *why};
   if (snap.devices.empty()) return {errc::invalid, "reclaim: the snapshot has no devices"};
+  return m.reclaim_all(snap, w);
+}
+
+status session::call_off(interrupt_wiring& w) {
+  auto& m = *m_;
+  if (auto st = m.allow("call_off"); !st) return st.err();
+  // The kernel took every vector at the close: the wiring drops what it
+  // connected for them before they are connected again.
+  std::vector<vector_binding> taken;
+  for (std::size_t i = 0; i < m.specs.size(); ++i)
+    for (const auto& v : m.specs[i].vectors) taken.push_back({i, m.specs[i].address, -1, v});
+  if (!taken.empty()) w.rolled_back(taken);
+  snapshot own;
+  own.owner = m.owner;
+  own.nr_vcpus = snapshot_max_vcpus;
+  for (std::size_t i = 0; i < m.specs.size(); ++i)
+    own.devices.push_back({m.specs[i].address, m.specs[i].group,
+                           i < m.frozen_modes.size() ? m.frozen_modes[i] : abi::irq_mode::none, m.specs[i].vectors});
+  own.ram = m.ram;
+  m.phase = session_phase::idle;  // reclaim_all starts from nothing open, as reclaim does
+  auto st = m.reclaim_all(own, w);
+  if (st) m.owner = token{};
+  return st;
+}
+
+status session::impl::reclaim_all(const snapshot& snap, interrupt_wiring& w) {
+  auto& m = *this;
   m.specs.clear();
   for (const auto& d : snap.devices) m.specs.push_back({d.address, d.group, d.vectors});
   m.ram = snap.ram;

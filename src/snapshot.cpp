@@ -6,7 +6,6 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
-#include <set>
 #include <utility>
 
 #include <fmt/format.h>
@@ -147,30 +146,54 @@ const vcpu_blob* snapshot::find(std::uint32_t vcpu, vcpu_state_tag tag) const no
   return nullptr;
 }
 
+namespace {
+
+// The smallest value given twice, if any (sorts `v`).
+template <typename T>
+const T* repeated(std::vector<T>& v) {
+  std::sort(v.begin(), v.end());
+  auto it = std::adjacent_find(v.begin(), v.end());
+  return it == v.end() ? nullptr : &*it;
+}
+
+}  // namespace
+
+// Plain loops and sorted vectors, no allocation per element and no string
+// unless refused: a VMM validates in its restart pause (freeze, encode, decode,
+// reclaim).
 std::optional<std::string> validate(const snapshot& s) {
   if (s.owner.is_nil()) return "nil token";
   if (s.nr_vcpus == 0 || s.nr_vcpus > snapshot_max_vcpus) return fmt::format("{} vCPUs", s.nr_vcpus);
   if (s.devices.size() > snapshot_max_devices) return fmt::format("{} devices", s.devices.size());
   if (s.ram.size() > snapshot_max_ram) return fmt::format("{} RAM regions", s.ram.size());
-  std::set<std::uint32_t> bdfs;
+  std::vector<std::uint32_t> bdfs;
+  bdfs.reserve(s.devices.size());
+  std::vector<std::uint16_t> msix;
   for (const auto& d : s.devices) {
-    const auto who = d.address.to_string();
-    if (!bdfs.insert(d.address.packed()).second) return fmt::format("device {} listed twice", who);
+    bdfs.push_back(d.address.packed());
     if (static_cast<std::uint32_t>(d.mode) > static_cast<std::uint32_t>(abi::irq_mode::masked))
-      return fmt::format("device {}: irq mode {}", who, static_cast<std::uint32_t>(d.mode));
-    if (d.vectors.size() > snapshot_max_vectors) return fmt::format("device {}: {} vectors", who, d.vectors.size());
-    std::set<std::uint16_t> seen;
+      return fmt::format("device {}: irq mode {}", d.address.to_string(), static_cast<std::uint32_t>(d.mode));
+    if (d.vectors.size() > snapshot_max_vectors)
+      return fmt::format("device {}: {} vectors", d.address.to_string(), d.vectors.size());
+    msix.clear();
     for (const auto& v : d.vectors) {
-      if (v.msix.value() >= snapshot_max_vectors || !seen.insert(v.msix.value()).second)
-        return fmt::format("device {}: MSI-X index {} out of range or repeated", who, v.msix.value());
+      if (v.msix.value() >= snapshot_max_vectors)
+        return fmt::format("device {}: MSI-X index {} out of range or repeated", d.address.to_string(), v.msix.value());
       if (v.guest_vector.value() < 0x10)
-        return fmt::format("device {} MSI-X {}: guest vector {:#x} is an exception vector", who, v.msix.value(),
-                           v.guest_vector.value());
+        return fmt::format("device {} MSI-X {}: guest vector {:#x} is an exception vector", d.address.to_string(),
+                           v.msix.value(), v.guest_vector.value());
       if (v.vcpu >= s.nr_vcpus)
-        return fmt::format("device {} MSI-X {}: vCPU {} of {}", who, v.msix.value(), v.vcpu, s.nr_vcpus);
+        return fmt::format("device {} MSI-X {}: vCPU {} of {}", d.address.to_string(), v.msix.value(), v.vcpu,
+                           s.nr_vcpus);
+      msix.push_back(v.msix.value());
     }
+    if (const auto* twice = repeated(msix))
+      return fmt::format("device {}: MSI-X index {} out of range or repeated", d.address.to_string(), *twice);
   }
+  if (const auto* twice = repeated(bdfs)) return fmt::format("device {} listed twice", bdf::from_packed(*twice).to_string());
   std::vector<span64> by_gpa, by_iova;
+  by_gpa.reserve(s.ram.size());
+  by_iova.reserve(s.ram.size());
   for (std::size_t i = 0; i < s.ram.size(); ++i) {
     const auto& r = s.ram[i];
     if (r.bytes == 0 || ((r.guest.value() | r.io.value() | r.bytes | r.vaddr | r.backing_offset) % page) != 0)
@@ -183,23 +206,32 @@ std::optional<std::string> validate(const snapshot& s) {
     by_gpa.push_back({r.guest.value(), r.bytes});
     by_iova.push_back({r.io.value(), r.bytes});
   }
-  if (auto at = overlap(by_gpa)) return fmt::format("RAM regions overlap at GPA {:#x}", *at);
-  if (auto at = overlap(by_iova)) return fmt::format("RAM regions overlap at IOVA {:#x}", *at);
+  if (auto at = overlap(std::move(by_gpa))) return fmt::format("RAM regions overlap at GPA {:#x}", *at);
+  if (auto at = overlap(std::move(by_iova))) return fmt::format("RAM regions overlap at IOVA {:#x}", *at);
   if (s.vcpu_state.size() > std::size_t{snapshot_max_vcpus} * 64) return fmt::format("{} vCPU blobs", s.vcpu_state.size());
-  std::set<std::pair<std::uint32_t, std::uint32_t>> blobs;
+  std::vector<std::pair<std::uint32_t, std::uint32_t>> blobs;
+  blobs.reserve(s.vcpu_state.size());
   for (const auto& b : s.vcpu_state) {
     const auto tag = static_cast<std::uint32_t>(b.tag);
     if (!known_vcpu_state_tag(tag)) return fmt::format("vCPU {}: unknown state tag {}", b.vcpu, tag);
     if (b.vcpu >= s.nr_vcpus) return fmt::format("vCPU state for vCPU {} of {}", b.vcpu, s.nr_vcpus);
-    if (!blobs.insert({b.vcpu, tag}).second)
-      return fmt::format("vCPU {}: {} given twice", b.vcpu, vcpu_state_tag_name(b.tag));
+    blobs.emplace_back(b.vcpu, tag);
   }
+  if (const auto* twice = repeated(blobs))
+    return fmt::format("vCPU {}: {} given twice", twice->first, vcpu_state_tag_name(static_cast<vcpu_state_tag>(twice->second)));
   return std::nullopt;
 }
 
 result<std::vector<std::byte>> encode_snapshot(const snapshot& s) {
   if (auto why = validate(s)) return {errc::invalid, "snapshot: " + *why};
   writer w;
+  {
+    std::size_t total = snapshot_header_bytes + s.extra.size() + 8;
+    for (const auto& d : s.devices) total += device_bytes + d.vectors.size() * vector_bytes;
+    for (const auto& r : s.ram) total += ram_bytes + r.backing.size() + 8;
+    for (const auto& b : s.vcpu_state) total += blob_bytes + b.bytes.size() + 8;
+    w.out.reserve(total);
+  }
   w.u32(snapshot_magic);
   w.u32(0);  // checksum
   w.u64(0);  // total bytes

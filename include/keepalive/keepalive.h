@@ -24,6 +24,9 @@
  *   ka_session_open(s, &wiring);                    cold
  *   ... ka_session_freeze(s, "uuid", &state, 0, &snap);
  *   ka_snapshot_write_fd(snap, fd); ka_session_hand_over(s);
+ *   or, close-first: ka_session_freeze(s, "uuid", NULL, 0, &snap);
+ *   ka_session_hand_over(s); collect vCPU state (on failure ka_session_call_off);
+ *   ka_snapshot_add_vmm_state(snap, &state); ka_snapshot_write_fd(snap, fd);
  *   -- new process --
  *   ka_snapshot_read_fd(fd, &snap); ka_snapshot_set_ram_vaddr(snap, 0, va);
  *   ka_session_reclaim(s, snap, &wiring);
@@ -148,11 +151,18 @@ struct ka_vmm_state {
 };
 
 #define KA_FREEZE_ALLOW_MASKING (1u << 0)
-/* running -> frozen; *out receives the snapshot (free it). */
+/* running -> frozen; *out receives the snapshot (free it). state NULL: the
+ * close-first order (session.hpp, ORDER): the snapshot has no vCPU state and
+ * cannot be encoded until ka_snapshot_add_vmm_state, called after
+ * ka_session_hand_over with the state collected then. */
 int ka_session_freeze(ka_session *s, const char *token, const struct ka_vmm_state *state, uint32_t flags,
 		      ka_snapshot **out);
+int ka_snapshot_add_vmm_state(ka_snapshot *snap, const struct ka_vmm_state *state);
 int ka_session_thaw(ka_session *s);
 int ka_session_hand_over(ka_session *s);
+/* handed over -> running: the restart is called off after the close; the
+ * devices are reclaimed into the same VM. */
+int ka_session_call_off(ka_session *s, const struct ka_wiring *w);
 int ka_session_reclaim(ka_session *s, const ka_snapshot *snap, const struct ka_wiring *w);
 int ka_session_close(ka_session *s);
 /* The documented fallback: reset the device(s), then ka_session_open. */

@@ -1,25 +1,57 @@
 // session.hpp — what a VMM calls to keep its passthrough devices alive across
-// a restart, in one place:
+// a restart, in one place. Two orders on the old side (see ORDER):
 //
-//   old VMM                                   new VMM (VM, slots, vCPUs prepared early)
-//   s.add_device(..); s.add_ram(..);          auto snap = read_snapshot(fd);
-//   s.open(wiring);            // cold        // map snap.ram[i].backing, set .vaddr
-//   ... run ...                               restore vCPU state (LAPIC included)
-//   pause vCPUs                               assign the KVM irqfds
-//   deassign the KVM irqfds                   s.reclaim(*snap, wiring);  // drains
-//   collect vCPU state                        resume vCPUs
-//   auto snap = s.freeze(tok, state);
-//   write_snapshot(fd, *snap); s.hand_over(); exit or exec
+//   close-first (fast)                        state-first
+//   pause vCPUs                               pause vCPUs
+//   auto snap = s.freeze(tok);                deassign the KVM irqfds
+//   s.hand_over();    // OWNERLESS            collect vCPU state
+//   collect vCPU state (LAPIC included)       auto snap = s.freeze(tok, state);
+//   add_vmm_state(*snap, state);              s.hand_over();
+//   write_snapshot(fd, *snap); exit or exec   write_snapshot(fd, *snap); exit or exec
+//   (on failure after hand_over:
+//    s.call_off(wiring), resume vCPUs)
 //
-// ORDER MATTERS (an interrupt must land in exactly one place):
-//  - old side: deassign the irqfds BEFORE collecting vCPU state. An interrupt
-//    injected into the LAPIC after its state was read would be lost; with the
-//    irqfd deassigned it stays counted in the eventfd (or posted in PIR) and
-//    is injected when the new VMM assigns its irqfd.
+//   new VMM (VM, slots, vCPUs, irqfds prepared early)
+//   auto snap = read_snapshot(fd); map snap.ram[i].backing, set .vaddr
+//   restore vCPU state (LAPIC included); assign the KVM irqfds if not yet
+//   s.reclaim(*snap, wiring);  // drains      resume vCPUs
+//
+// ORDER MATTERS (an interrupt must land in exactly one place: the saved
+// LAPIC, or the preserved descriptor that reclaim drains into the new VM):
+//  - close-first. hand_over() closes the device while the vCPUs are paused
+//    but before their state is read. From the close on the device is
+//    OWNERLESS and its vectors post into a descriptor keepalive owns; this
+//    VM's eventfd is never signalled again. Every signal before the close was
+//    already injected: KVM delivers a fixed, single-destination MSI
+//    synchronously from the irqfd wake-up (kvm_arch_set_irq_inatomic), so it
+//    is in the LAPIC (IRR, or the vCPU's PIR, synced into IRR by
+//    KVM_GET_LAPIC) before the eventfd write returns; a vector the IOMMU posts
+//    itself goes to that PIR until the close re-points its IRTE, to
+//    keepalive's descriptor after. The LAPIC read after
+//    the close therefore holds all of them, and nothing arrives after it. No
+//    KVM_IRQFD deassign is needed (it waits for an SRCU grace period, 1-8 ms);
+//    the irqfd goes with the old VM. A VMM must still deassign (and use the
+//    state-first order) when KVM may defer the injection to a work item:
+//    lowest-priority or broadcast/multi-destination MSIs, level-triggered
+//    routes, an irqfd with a resampler, a userspace or split irqchip whose
+//    IOAPIC/PIC routes the GSI, or any kernel whose irqfd wake-up is not
+//    synchronous for the route in use; and when anything else may signal
+//    the eventfd after the close (the VMM's own MSI-X emulation, a vhost
+//    backend, an fd hand-over whose device keeps it). If collecting the state fails after
+//    the close, call_off() reclaims the devices into the same VM (the
+//    interrupts meanwhile are drained into its irqfds) and the VM runs on.
+//  - state-first. Deassign the irqfds BEFORE collecting vCPU state: an
+//    interrupt injected into the LAPIC after its state was read would be
+//    lost; with the irqfd deassigned it stays counted in the eventfd (or
+//    posted in PIR) and is injected when the new VMM assigns its irqfd.
+//    freeze(tok, state) takes the state with the devices still open, so
+//    thaw() can still call the restart off before hand_over().
 //  - new side: restore the LAPIC BEFORE reclaim. reclaim drains what was
 //    pending into the irqfd; a KVM_SET_LAPIC after that would wipe it.
 //  - hand_over() closes the device fds at once, so the new VMM can reclaim
 //    while the old one is still tearing its VM down.
+//  A snapshot from freeze(tok) has no vCPU state (nr_vcpus 0): it does not
+//  validate, so encode/write_snapshot refuse it until add_vmm_state().
 //
 // The session does the VFIO side itself over any abi::syscalls (the sim
 // process in-process, the sim transport, linux_syscalls()): container
@@ -34,6 +66,11 @@
 //           leave keepalive again and the session stays running: the VMM
 //           resumes its vCPUs and carries on. The error names the device:
 //           "EBUSY (...): enter 0000:00:06.0 (device 3 of 3): ...".
+//  call_off after hand_over: reclaim with the session's own token into the
+//           same VM (the wiring first hears rolled_back for every vector:
+//           the kernel took them at the close). If that fails the devices
+//           are put back OWNERLESS as by reclaim, the session is idle with
+//           the same configuration: reclaim(snapshot) may be retried.
 //  reclaim  opens every device with the token, maps RAM (a preserved domain
 //           is adopted: identical mappings succeed without re-mapping), sets
 //           up each vector and has the wiring connect it (the kernel
@@ -105,6 +142,7 @@ inline constexpr auto arcs = std::to_array<fsm::arc<session_phase>>({
     {running, frozen, "freeze"},
     {frozen, running, "thaw"},
     {frozen, handed_over, "hand_over"},
+    {handed_over, reclaimed, "call_off"},
     {running, idle, "close"},
     {running, broken, "fail", fsm::arc_kind::failure},
     {frozen, broken, "fail", fsm::arc_kind::failure},
@@ -119,7 +157,9 @@ static_assert(session_table.arc_kinds_consistent());
 static_assert(session_table.error_left_only_by_reset());
 static_assert(session_table.blocked_arcs_map_to_error());
 static_assert(session_table.routes_follow_arcs());
-static_assert(!session_table.reachable(session_phase::handed_over, session_phase::running));
+// A handed-over session only comes back by reclaiming its devices.
+static_assert(session_table.next_hop(session_phase::handed_over, session_phase::running) == session_phase::reclaimed);
+static_assert(!session_table.allowed(session_phase::handed_over, session_phase::idle));
 
 [[nodiscard]] std::string_view name(session_phase p) noexcept;
 
@@ -152,8 +192,9 @@ class interrupt_wiring {
   // it; sim: KA_SIM_CREATE_PID once per vCPU + KA_SIM_IRQ_BYPASS). On a
   // reclaimed device this reconnects the preserved IRTE and drains it.
   [[nodiscard]] virtual status connect(const vector_binding& b, int eventfd) = 0;
-  // The session put the devices back after a failed open or reclaim: the
-  // kernel took these vectors back (or freed them). Drop every connection
+  // The session put the devices back after a failed open or reclaim, or
+  // call_off() follows a hand-over: the kernel took these vectors back (or
+  // freed them; device_fd is -1 when the device was already closed). Drop every connection
   // made for them (Linux: KVM_IRQFD_FLAG_DEASSIGN; sim: fresh descriptors).
   virtual void rolled_back(std::span<const vector_binding> connected) noexcept = 0;
 };
@@ -187,6 +228,11 @@ struct timing_mark {
   std::chrono::steady_clock::time_point at;
 };
 
+// The close-first order: the vCPU state collected after hand_over() goes
+// into the snapshot freeze(tok) returned. errc::invalid (snapshot unchanged)
+// when the result does not validate.
+[[nodiscard]] status add_vmm_state(snapshot& snap, vmm_state state);
+
 // ---- the session ----
 
 class session {
@@ -210,12 +256,19 @@ class session {
   // idle -> running: cold open (each device is reset by VFIO on open).
   [[nodiscard]] status open(interrupt_wiring& w);
   // running -> frozen. vCPUs must be paused; `state` is validated before
-  // anything is entered (errc::invalid).
+  // anything is entered (errc::invalid). The state-first order.
   [[nodiscard]] result<snapshot> freeze(const token& t, const vmm_state& state, freeze_options opt = {});
+  // The close-first order: the snapshot without vCPU state (nr_vcpus 0,
+  // refused by encode until add_vmm_state), then hand_over().
+  [[nodiscard]] result<snapshot> freeze(const token& t);
+  [[nodiscard]] result<snapshot> freeze(const token& t, freeze_options opt);
   // frozen -> running: leave keepalive again (the restart is called off).
   [[nodiscard]] status thaw();
   // frozen -> handed_over: close every fd; the devices are OWNERLESS.
   [[nodiscard]] status hand_over();
+  // handed_over -> running through reclaimed: the restart is called off after
+  // the close; the devices come back to this VM with the session's token.
+  [[nodiscard]] status call_off(interrupt_wiring& w);
   // idle -> running through reclaimed (see ALL-OR-NOTHING). The snapshot's
   // devices and RAM become the session's; ram[i].vaddr is mapped as given.
   [[nodiscard]] status reclaim(const snapshot& snap, interrupt_wiring& w);

@@ -397,6 +397,104 @@ static void cycle(const char *daemon_socket)
 	ka_test_host_free(host);
 }
 
+/* The close-first order in C: freeze without the vCPU state, hand over (the
+ * NICs are OWNERLESS), then the state; a failure after the close calls the
+ * restart off into the same VM. In-process host. */
+static void close_first_cycle(void)
+{
+	ka_test_host *host = ka_test_host_new(NICS, 1);
+	struct vmm a, b;
+	ka_snapshot *snap = NULL, *back = NULL;
+	struct sim_kvm kvm_a, kvm_b;
+	struct ka_wiring w_a, w_b;
+	struct ka_test_host_stats hs;
+	unsigned char buf[4096];
+	size_t len = 0;
+	static const unsigned char regs0[] = {1, 2, 3, 4};
+	const struct ka_vcpu_blob blobs[] = {{0, 1, regs0, sizeof regs0}};
+	struct ka_vmm_state st;
+
+	printf("c_api: close-first order\n");
+	if (!host || vmm_start(&a, host, NULL, "vmm-a") < 0) {
+		++failures;
+		if (host)
+			ka_test_host_free(host);
+		return;
+	}
+	memset(&st, 0, sizeof st);
+	st.nr_vcpus = 2;
+	st.blobs = blobs;
+	st.nr_blobs = 1;
+	describe_vm(a.s, host, a.ram_vaddr, a.backing_offset);
+	w_a = wiring_for(&kvm_a, a.s, host);
+	CHECK_OK(ka_session_open(a.s, &w_a), a.s);
+	CHECK(ka_session_call_off(a.s, &w_a) == -EBUSY);
+	for (unsigned i = 0; i < NICS; ++i)
+		program_nic(a.s, host, i);
+	ka_test_host_guests_start(host);
+	CHECK(ka_test_host_wait_received(host, 200, 5000) == 0);
+	ka_test_host_guests_pause(host);
+
+	/* A failure after the close: the restart is called off. */
+	CHECK_OK(ka_session_freeze(a.s, tok, NULL, 0, &snap), a.s);
+	CHECK(snap != NULL && ka_snapshot_nr_vcpus(snap) == 0);
+	CHECK(ka_snapshot_encode(snap, buf, sizeof buf, &len) == -EINVAL); /* no vCPU state yet */
+	CHECK_OK(ka_session_hand_over(a.s), a.s);
+	CHECK(ka_test_host_wait_pending(host, NICS, 5000) == 0);
+	CHECK_OK(ka_session_call_off(a.s, &w_a), a.s);
+	CHECK(ka_session_phase(a.s) == KA_PHASE_RUNNING);
+	CHECK(kvm_a.rolled_back == 1 && kvm_a.connected == 2 * NICS);
+	ka_test_host_get_stats(host, &hs);
+	CHECK(hs.devices_not_running == 0);
+	CHECK(hs.preserved_drained == NICS);
+	ka_snapshot_free(snap);
+	snap = NULL;
+
+	/* The real restart. */
+	CHECK_OK(ka_session_freeze(a.s, tok, NULL, 0, &snap), a.s);
+	CHECK_OK(ka_session_hand_over(a.s), a.s);
+	if (!snap) {
+		vmm_exit(&a, host);
+		ka_test_host_free(host);
+		return;
+	}
+	CHECK(ka_snapshot_add_vmm_state(snap, NULL) == -EINVAL);
+	st.nr_vcpus = 0;
+	CHECK(ka_snapshot_add_vmm_state(snap, &st) == -EINVAL);
+	st.nr_vcpus = 2;
+	CHECK_OK(ka_snapshot_add_vmm_state(snap, &st), NULL);
+	CHECK(ka_snapshot_nr_vcpus(snap) == 2);
+	CHECK_OK(ka_snapshot_encode(snap, buf, sizeof buf, &len), NULL);
+	ka_snapshot_free(snap);
+	vmm_exit(&a, host);
+	CHECK(ka_test_host_wait_pending(host, NICS, 5000) == 0);
+
+	CHECK_OK(ka_snapshot_decode(buf, len, &back), NULL);
+	if (!back || vmm_start(&b, host, NULL, "vmm-b") < 0) {
+		ka_snapshot_free(back);
+		ka_test_host_free(host);
+		return;
+	}
+	w_b = wiring_for(&kvm_b, b.s, host);
+	CHECK_OK(ka_session_reclaim(b.s, back, &w_b), b.s);
+	CHECK(ka_session_phase(b.s) == KA_PHASE_RUNNING);
+	ka_test_host_guests_resume(host);
+	CHECK(ka_test_host_wait_received(host, 200, 5000) == 0);
+	ka_test_host_drain(host);
+	ka_test_host_get_stats(host, &hs);
+	CHECK(hs.dma_faults == 0 && hs.ir_faults == 0 && hs.irq_no_cpu == 0 && hs.spurious == 0);
+	CHECK(hs.preserved_drained == 2 * NICS);
+	CHECK(hs.device_resets == NICS);
+	for (unsigned i = 0; i < NICS; ++i) {
+		struct ka_test_nic_stats ns;
+		ka_test_host_get_nic_stats(host, i, &ns);
+		CHECK(ns.packets > 0 && ns.received == ns.packets && ns.lost_seqs == 0 && ns.drops == 0);
+	}
+	ka_snapshot_free(back);
+	vmm_exit(&b, host);
+	ka_test_host_free(host);
+}
+
 int main(void)
 {
 	char socket_path[64];
@@ -413,6 +511,7 @@ int main(void)
 	}
 
 	cycle(NULL);
+	close_first_cycle();
 	snprintf(socket_path, sizeof socket_path, "/tmp/ka-c-api-%ld.sock", (long)getpid());
 	cycle(socket_path);
 

@@ -4,6 +4,9 @@
 #include <algorithm>
 #include <map>
 
+#include <poll.h>
+#include <unistd.h>
+
 #include "session_fixture.hpp"
 
 using namespace keepalive;
@@ -533,4 +536,189 @@ TEST_CASE("describing the VM: inconsistent devices, vectors and RAM are refused 
   CHECK(s.add_ram(odd).code() == errc::invalid);
   REQUIRE(s.add_ram(regions[1]));
   CHECK(s.ram().size() == 2);
+}
+
+namespace {
+
+// What the guest's eventfd holds now (read without blocking; 0 when nothing).
+std::uint64_t take_signals(int efd) {
+  pollfd p{efd, POLLIN, 0};
+  if (::poll(&p, 1, 0) <= 0) return 0;
+  std::uint64_t n = 0;
+  REQUIRE(::read(efd, &n, sizeof n) == sizeof n);
+  return n;
+}
+
+// Stops every NIC's wire (as the link partner) and waits until no interrupt
+// is raised any more (moderation timers fired).
+void quiesce_wire(multi_host& h) {
+  for (unsigned i = 0; i < h.nics(); ++i) h.plat->find_nic(nic_bdf(i))->mmio_write(0, KA_NIC_RATE_PPS, 8, 0);
+  std::vector<std::uint64_t> irqs(h.nics(), ~std::uint64_t{0});
+  REQUIRE(multi_host::eventually([&] {
+    bool same = true;
+    for (unsigned i = 0; i < h.nics(); ++i) {
+      const auto now = h.stats(i).irqs;
+      same = same && now == irqs[i];
+      irqs[i] = now;
+    }
+    multi_host::run_for(5);  // > the 200 us moderation timer, on a loaded machine
+    return same;
+  }));
+}
+
+void restart_wire(multi_host& h) {
+  for (unsigned i = 0; i < h.nics(); ++i) h.plat->find_nic(nic_bdf(i))->mmio_write(0, KA_NIC_RATE_PPS, 8, rate_pps);
+}
+
+}  // namespace
+
+TEST_CASE("close-first order: freeze(tok) + hand_over before the vCPU state; an interrupt after the close reaches the new owner once") {
+  multi_host h;
+  vmm_proc a{h, "vmm-a"};
+  REQUIRE(a.cold_start());
+  h.start_guests();
+  h.wait_received();
+  h.pause_guests();  // vCPUs paused
+  a.s.clear_timeline();
+  auto snap = a.s.freeze(tok);
+  INFO(why(snap));
+  REQUIRE(snap);
+  CHECK(a.s.phase() == session_phase::frozen);
+  CHECK(snap->nr_vcpus == 0);
+  CHECK(snap->vcpu_state.empty());
+  REQUIRE(snap->devices.size() == 3);
+  for (unsigned i = 0; i < 3; ++i) CHECK(snap->devices[i].mode == abi::irq_mode::posted);
+  CHECK(snap->ram == h.regions());
+  // Half a snapshot is never written.
+  CHECK(encode_snapshot(*snap).code() == errc::invalid);
+  REQUIRE(a.s.hand_over());
+  CHECK(a.s.phase() == session_phase::handed_over);
+  CHECK(kinds(a.s.timeline()) == std::vector<mark_kind>{mark_kind::freeze_begin, mark_kind::enter, mark_kind::enter,
+                                                        mark_kind::enter, mark_kind::snapshot, mark_kind::freeze_end,
+                                                        mark_kind::hand_over});
+  // What was signalled up to the close is the old VM's (in its LAPIC when the
+  // state is collected now).
+  std::vector<std::uint64_t> old_vm(h.nics());
+  for (unsigned i = 0; i < h.nics(); ++i) old_vm[i] = take_signals(h.guests[i]->irq_fd());
+  // Interrupts raised between the close and the state collection post into
+  // the preserved descriptors, never into the old VM.
+  control ctl{*h.k};
+  ctl.check_all_ownerless(3);
+  ctl.wait_all_pending(3);
+  quiesce_wire(h);
+  for (unsigned i = 0; i < h.nics(); ++i) {
+    CAPTURE(i);
+    CHECK(take_signals(h.guests[i]->irq_fd()) == 0);
+  }
+  // The state collected after the close completes the snapshot.
+  auto bad = h.vm_state();
+  bad.vcpu_state.push_back(bad.vcpu_state[0]);  // duplicate (vcpu, tag)
+  const snapshot before = *snap;
+  CHECK(add_vmm_state(*snap, bad).code() == errc::invalid);
+  CHECK(*snap == before);
+  REQUIRE(add_vmm_state(*snap, h.vm_state()));
+  CHECK(snap->nr_vcpus == 2);
+  CHECK(snap->vcpu_state == h.vm_state().vcpu_state);
+  auto bytes = encode_snapshot(*snap);
+  REQUIRE(bytes);
+  a.proc->exit();
+
+  vmm_proc b{h, "vmm-b"};
+  const auto got = decoded(*bytes);
+  CHECK(got == *snap);
+  const auto drained_before = h.k->stats().preserved_drained;
+  {
+    auto st = b.s.reclaim(got, b.w);
+    INFO(why(st));
+    REQUIRE(st);
+  }
+  // Exactly one delivery per NIC: the drained pending vector, nothing twice.
+  CHECK(h.k->stats().preserved_drained - drained_before == 3);
+  for (unsigned i = 0; i < h.nics(); ++i) {
+    CAPTURE(i);
+    CHECK(take_signals(h.guests[i]->irq_fd()) == 1);
+  }
+  for (unsigned i = 0; i < h.nics(); ++i) h.guests[i]->poll_once();  // the guest handles it
+  h.resume_guests();
+  restart_wire(h);
+  h.wait_received();
+  h.drain();
+  h.check_no_loss();
+  CHECK(h.k->stats().device_resets == 3);
+}
+
+TEST_CASE("close-first order: a failure after the close calls the restart off, the devices come back to the same VM") {
+  multi_host h;
+  vmm_proc a{h, "vmm-a"};
+  REQUIRE(a.cold_start());
+  h.start_guests();
+  h.wait_received();
+  h.pause_guests();
+  // call_off only after a hand-over.
+  CHECK(a.s.call_off(a.w).code() == errc::busy);
+  auto snap = a.s.freeze(tok);
+  REQUIRE(snap);
+  CHECK(a.s.call_off(a.w).code() == errc::busy);
+  CHECK(a.s.phase() == session_phase::frozen);
+  REQUIRE(a.s.hand_over());
+  control ctl{*h.k};
+  ctl.wait_all_pending(3);
+  // Collecting the vCPU state failed (KVM_GET_LAPIC, say): the VMM calls the
+  // restart off and reclaims into the VM it still runs.
+  const auto drained_before = h.k->stats().preserved_drained;
+  {
+    auto st = a.s.call_off(a.w);
+    INFO(why(st));
+    REQUIRE(st);
+  }
+  CHECK(a.s.phase() == session_phase::running);
+  CHECK(!a.s.owner_token());
+  for (unsigned i = 0; i < 3; ++i) CHECK(a.state_of(i) == abi::device_state::running);
+  CHECK(ctl.list().empty());
+  CHECK(a.w.posted() == 3);  // reconnected into fresh descriptors of the same VM
+  CHECK(a.w.descriptors() == 2);
+  CHECK(h.k->stats().preserved_drained - drained_before == 3);
+  h.resume_guests();
+  h.wait_received();
+  // The same session restarts for real afterwards.
+  h.pause_guests();
+  auto again = a.s.freeze(tok);
+  REQUIRE(again);
+  REQUIRE(a.s.hand_over());
+  REQUIRE(add_vmm_state(*again, h.vm_state()));
+  auto bytes = encode_snapshot(*again);
+  REQUIRE(bytes);
+  a.proc->exit();
+  ctl.wait_all_pending(3);
+  reclaim_and_check(h, decoded(*bytes), 6);
+}
+
+TEST_CASE("close-first order: call_off that cannot reclaim puts the devices back, reclaim with the snapshot then works") {
+  multi_host h;
+  vmm_proc a{h, "vmm-a"};
+  faulty_syscalls faulty{*a.proc};
+  session s{faulty};
+  for (auto& d : h.specs()) REQUIRE(s.add_device(d));
+  for (auto& r : h.regions()) REQUIRE(s.add_ram(r));
+  REQUIRE(s.open(a.w));
+  h.start_guests();
+  h.pause_guests();
+  auto snap = s.freeze(tok);
+  REQUIRE(snap);
+  REQUIRE(s.hand_over());
+  REQUIRE(add_vmm_state(*snap, h.vm_state()));
+  faulty.fail(VFIO_DEVICE_SET_IRQS, 2, errc::io);  // device 3
+  auto st = s.call_off(a.w);
+  REQUIRE(!st);
+  CHECK(st.code() == errc::io);
+  CHECK(st.err().context().find("0000:00:06.0 (device 3 of 3)") != std::string::npos);
+  CHECK(st.err().context().find("put back") != std::string::npos);
+  CHECK(s.phase() == session_phase::idle);
+  control ctl{*h.k};
+  ctl.check_all_ownerless(3);
+  auto again = s.reclaim(*snap, a.w);
+  INFO(why(again));
+  REQUIRE(again);
+  CHECK(s.phase() == session_phase::running);
+  CHECK(ctl.list().empty());
 }

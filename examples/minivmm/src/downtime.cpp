@@ -129,7 +129,7 @@ struct runner {
         if (!r) return r.err();
         pause_ns = r->pause_ns;
         gap_tsc = r->guest_gap_tsc;
-        if (gap_tsc == 0) ++o.no_resume;
+        if (!r->guest_resumed) ++o.no_resume;
         tl = {{"stop vCPU", r->stop_ns},
               {"keepalive enter", r->enter_ns},
               {"close device (OWNERLESS)", r->release_ns},
@@ -150,7 +150,13 @@ struct runner {
         const restart_timing old_t = v->timing();
         const std::uint64_t saved = monotonic_ns();
         auto fds = v->release_fds();
-        auto decoded = decode(encode(*s));  // as bytes, as through a pipe
+        auto snap = snapshot_without_devices(*s);  // as bytes, as through a pipe
+        if (!snap) return snap.err();
+        auto bytes = encode_snapshot(*snap);
+        if (!bytes) return bytes.err();
+        auto back = decode_snapshot(*bytes);
+        if (!back) return back.err();
+        auto decoded = vm_state_of(*back);
         if (!decoded) return decoded.err();
         const std::uint64_t handed = monotonic_ns();
         auto st = (*next)->take_over_carried(*decoded, std::move(fds), handoff);
@@ -161,7 +167,7 @@ struct runner {
         if (handoff) {
           measure_resume_gap(*v, r);
           gap_tsc = r.guest_gap_tsc;
-          if (gap_tsc == 0) ++o.no_resume;
+          if (!r.guest_resumed) ++o.no_resume;
         }
         pause_ns = r.pause_ns;
         tl = {{"stop vCPU", old_t.stop_ns}};

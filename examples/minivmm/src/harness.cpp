@@ -65,7 +65,7 @@ result<bool> drain(vmm& v, int timeout_ms) {
   }
 }
 
-result<run_report> snapshot(vmm& v) {
+result<run_report> report_now(vmm& v) {
   run_report r;
   auto n = read_nic(v);
   if (!n) return n.err();
@@ -92,6 +92,7 @@ void measure_resume_gap(vmm& v, restart_timing& r) {
   for (int waited_us = 0; waited_us < 2'000'000; waited_us += 50) {
     const auto c = v.counters();
     if (c.interrupts >= first) {
+      r.guest_resumed = true;
       if (c.interrupts - first < MINIVMM_IRQ_LOG)
         r.guest_gap_tsc = c.irq_tsc_log[first % MINIVMM_IRQ_LOG] - r.guest_last_irq_tsc;
       return;
@@ -107,13 +108,15 @@ result<restart_timing> restart(std::unique_ptr<vmm>& v, const connector& connect
   auto state = v->handover(t);
   if (!state) return state.err();
   // The state crosses as bytes, as it would through a pipe or across exec.
-  auto decoded = decode(encode(*state));
+  auto bytes = encode_snapshot(*state);
+  if (!bytes) return bytes.err();
+  auto decoded = decode_snapshot(*bytes);
   if (!decoded) return decoded.err();
   restart_timing t_old = v->timing();
   if (while_paused) while_paused();
   // The old VMM released its device in handover; its VM teardown (the rest of
   // its process exit) runs after the new one resumed, as it would in parallel.
-  auto st = (*next)->take_over(*decoded);
+  auto st = (*next)->take_over(std::move(*decoded));
   v.reset();
   if (!st) return st.err();
   v = std::move(*next);

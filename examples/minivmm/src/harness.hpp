@@ -30,7 +30,7 @@ struct run_report {
 [[nodiscard]] result<nic_counters> read_nic(vmm& v);
 // Stops the wire and waits until the guest consumed every packet written.
 [[nodiscard]] result<bool> drain(vmm& v, int timeout_ms);
-[[nodiscard]] result<run_report> snapshot(vmm& v);
+[[nodiscard]] result<run_report> report_now(vmm& v);
 // Starts a new largest-gap measurement and waits until the guest took it up
 // (at its next interrupt), so the next gap is measured in the new epoch.
 [[nodiscard]] status new_gap_epoch(vmm& v, int timeout_ms);

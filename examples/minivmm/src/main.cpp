@@ -163,11 +163,11 @@ struct trial {
 result<trial> try_rate(vmm& v, std::uint64_t rate, double secs, std::uint32_t ring) {
   auto d = drain(v, 3000);
   if (!d) return d.err();
-  auto before = snapshot(v);
+  auto before = report_now(v);
   if (!before) return before.err();
   if (auto st = v.set_rate(rate); !st) return st.err();
   sleep_s(secs);
-  auto after = snapshot(v);
+  auto after = report_now(v);
   if (!after) return after.err();
   auto drained = drain(v, 3000);
   if (!drained) return drained.err();
@@ -280,13 +280,13 @@ int main(int argc, char** argv) {
       fmt::print(stderr, "minivmm: open {}: {}\n", c.take_over, std::strerror(errno));
       return exit_usage;
     }
-    auto state = read_state(fd);
+    auto state = read_snapshot(fd);
     ::close(fd);
     if (!state) {
       fmt::print(stderr, "minivmm: {}\n", state.err().message());
       return exit_unclean;
     }
-    if (auto st = v->take_over(*state); !st) {
+    if (auto st = v->take_over(std::move(*state)); !st) {
       fmt::print(stderr, "minivmm: take over: {}\n", st.err().message());
       return exit_unclean;
     }
@@ -396,7 +396,7 @@ int main(int argc, char** argv) {
       if (auto st = v->set_rate(c.rate); !st) ok = false;
     }
     const double gap_us = tsc_to_us(timing->guest_gap_tsc, v->tsc_khz());
-    if (timing->guest_gap_tsc == 0) {
+    if (!timing->guest_resumed) {
       fmt::print(stderr, "minivmm: restart {}: the guest took no interrupt after the resume\n", r + 1);
       ok = false;
     }
@@ -421,7 +421,7 @@ int main(int argc, char** argv) {
       return exit_unclean;
     }
     const int fd = ::open(c.handover_to.c_str(), O_WRONLY | O_CLOEXEC);
-    if (fd < 0 || !write_state(fd, *state)) {
+    if (fd < 0 || !write_snapshot(fd, *state)) {
       fmt::print(stderr, "minivmm: cannot write the state to {}\n", c.handover_to);
       return exit_unclean;
     }
@@ -432,7 +432,7 @@ int main(int argc, char** argv) {
     return 0;
   }
   auto drained = drain(*v, 5000);
-  auto rep = snapshot(*v);
+  auto rep = report_now(*v);
   if (!drained || !rep) {
     fmt::print(stderr, "minivmm: final snapshot failed\n");
     return exit_unclean;

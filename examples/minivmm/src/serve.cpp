@@ -70,11 +70,11 @@ class server {
       if (fd < 0) fd = ::open(cfg_.incoming_path.c_str(), O_RDONLY | O_CLOEXEC);
       if (fd < 0) return {errc_from_errno(errno), "open " + cfg_.incoming_path};
       (void)::lseek(fd, 0, SEEK_SET);  // a memfd handed across exec; -ESPIPE on a FIFO is fine
-      auto state = read_state(fd);
+      auto state = read_snapshot(fd);
       ::close(fd);
       if (!state) return state.err();
-      const token t = state->devices.empty() ? token{} : state->devices[0].owner;
-      if (auto st = v_->take_over(*state); !st) return st;
+      const token t = state->owner;
+      if (auto st = v_->take_over(std::move(*state)); !st) return st;
       last_ = v_->timing();
       // keepalive stays on across restarts, with the token it came with
       if (!t.is_nil())
@@ -154,7 +154,7 @@ class server {
       s += fmt::format(",\"last-restart\":{{\"pause-us\":{:.1f},\"restore-us\":{:.1f},\"reclaim-us\":{:.1f},"
                        "\"guest-gap-us\":{:.1f},\"resume-interrupt\":{}}}",
                        us(last_.pause_ns), us(last_.restore_ns), us(last_.reclaim_ns),
-                       tsc_to_us(last_.guest_gap_tsc, v_->tsc_khz()), last_.guest_gap_tsc != 0);
+                       tsc_to_us(last_.guest_gap_tsc, v_->tsc_khz()), last_.guest_resumed);
     return qmp_return(s);
   }
 
@@ -206,7 +206,7 @@ class server {
         ::close(fd);
         return {qmp_error("GenericError", state.err().message()), {}};
       }
-      if (auto st = write_state(fd, *state); !st) {
+      if (auto st = write_snapshot(fd, *state); !st) {
         fmt::print(stderr, "minivmm: {}\n", st.err().message());
         std::_Exit(1);
       }
@@ -224,7 +224,7 @@ class server {
       ::close(fd);
       return {qmp_error("GenericError", state.err().message()), {}};
     }
-    const auto st = write_state(fd, *state);
+    const auto st = write_snapshot(fd, *state);
     ::close(fd);
     if (!st) return {qmp_error("GenericError", st.err().message()), {}};
     handed_over_ = true;

@@ -86,6 +86,8 @@ result<std::unique_ptr<vmm>> vmm::prepare(std::unique_ptr<host_link> host, const
 vmm::~vmm() {
   stop_vcpu();
   nic_.reset();
+  session_.reset();  // the device fds first (see the members)
+  wiring_.reset();
   vcpu_.reset();
   vm_.reset();
   // Without host_ the files were carried to the successor (in-process: RAM is a plain mmap).
@@ -98,6 +100,27 @@ vmm::~vmm() {
   if (host_) host_->exit();
 }
 
+std::vector<ram_region> vmm::ram_regions() const {
+  const std::uint64_t phys = host_->guest_area_offset() + opt_.ram_slice;
+  const std::uint64_t low = opt_.guest.ram_bytes;
+  std::vector<ram_region> out{{gpa{0}, iova{0}, low, host_->dma_vaddr(phys, ram_), "minivmm-guest-ram", phys}};
+  if (opt_.high_ram_bytes > 0)
+    out.push_back({gpa{high_ram_gpa}, iova{high_ram_gpa}, opt_.high_ram_bytes,
+                   host_->dma_vaddr(phys + low, ram_ + low), "minivmm-guest-ram", phys + low});
+  return out;
+}
+
+std::unique_ptr<sim_wiring> vmm::make_wiring(int eventfd) const {
+  auto w = std::make_unique<sim_wiring>(host_->sys());
+  w->set_eventfd(0, msix_index{static_cast<std::uint16_t>(opt_.route.msix_index)}, eventfd);
+  w->set_host_cpu(0, host_->host_cpu());
+  return w;
+}
+
+void vmm::attach_nic() {
+  nic_ = std::make_unique<passthrough>(host_->sys(), session_->device_fd(0), session_->container_fd());
+}
+
 status vmm::boot(std::span<const std::byte> image) {
   if (nic_ || running_) return {errc::busy, "already booted"};
   const std::span<std::byte> ram{ram_, static_cast<std::size_t>(opt_.guest.ram_bytes)};
@@ -108,21 +131,23 @@ status vmm::boot(std::span<const std::byte> image) {
   if (auto st = vcpu_->set_sregs(*sregs); !st) return st;
   if (auto st = vcpu_->set_regs(initial_regs()); !st) return st;
 
-  auto& h = *host_;
-  auto dev = std::make_unique<passthrough>(h.sys(), opt_.nic);
-  const std::uint64_t phys = h.guest_area_offset() + opt_.ram_slice;
-  if (auto st = dev->open(std::nullopt, h.dma_vaddr(phys, ram_), 0, opt_.guest.ram_bytes); !st) return st;
-  if (auto st = map_high_ram(*dev); !st) return st;
-  if (auto st = dev->enable(); !st) return st;
-  if (auto st = dev->connect_vector(opt_.route, irq_eventfd_.get(), h.host_cpu()); !st) return st;
-  nic_ = std::move(dev);
+  // Cold open: container, group, device (reset by VFIO), DMA map of guest RAM,
+  // the vector on our eventfd posted into this VM.
+  wiring_ = make_wiring(irq_eventfd_.get());
+  session_ = std::make_unique<session>(host_->sys());
+  if (auto d = session_->add_device(nic_spec(opt_.nic, opt_.route)); !d) return d.err();
+  for (auto& r : ram_regions())
+    if (auto st = session_->add_ram(std::move(r)); !st) return st;
+  if (auto st = session_->open(*wiring_); !st) return st;
+  attach_nic();
+  if (auto st = nic_->enable(); !st) return st;
   return start_vcpu();
 }
 
-result<vmm_state> vmm::handover(const token& t) {
+result<snapshot> vmm::handover(const token& t) {
   if (!nic_ || !running_) return error{errc::busy, "nothing to hand over"};
   if (t.is_nil()) return error{errc::invalid, "nil token"};
-  vmm_state s;
+  vm_state s;
   s.pause_started_ns = monotonic_ns();
   pause_vcpu();
   const std::uint64_t stopped = monotonic_ns();
@@ -132,87 +157,111 @@ result<vmm_state> vmm::handover(const token& t) {
     resume_vcpu();
     return error{errc::invalid, "keepalive is armed with another token"};
   }
-  if (!armed_) {
-    auto e = nic_->keepalive_enter(t);
-    if (!e) {
+  auto& sys = host_->sys();
+  // Armed (QMP set-keepalive): the device is KEPT_ALIVE behind the session's
+  // back; it leaves so that the session's freeze enters it as a whole.
+  const std::optional<token> was_armed = std::exchange(armed_, std::nullopt);
+  auto rearm = [&] {
+    if (was_armed && nic_)
+      if (abi::keepalive_enter(sys, session_->device_fd(0), *was_armed)) armed_ = was_armed;
+  };
+  if (was_armed)
+    if (auto st = abi::keepalive_leave(sys, session_->device_fd(0), *was_armed); !st) {
+      armed_ = was_armed;
       resume_vcpu();
-      return e.err();
+      return st.err();
     }
+  auto snap = session_->freeze(t);
+  if (!snap) {
+    rearm();
+    resume_vcpu();
+    return snap.err();
   }
   const std::uint64_t entered = monotonic_ns();
   timing_.enter_ns = entered - stopped;
-  // Closing the device (container, group, device fd) leaves it OWNERLESS: its
-  // vectors post into a descriptor keepalive owns, drained at the reclaim, and
-  // this VM's eventfd is never signalled again. Every earlier signal was
-  // injected into the LAPIC inside the eventfd write (KVM injects a fixed
-  // single-destination MSI synchronously from the irqfd wake-up): the LAPIC
-  // saved below has them all. Hence no KVM_IRQFD deassign: it waits for an SRCU
-  // grace period (1-8 ms on this host, most of the earlier pause); the irqfd
-  // goes with this VM, after the resume. Closing before saving also closes the
-  // window where an interrupt would land in a LAPIC already saved.
+  // The session's close-first order (session.hpp, ORDER): closing the device
+  // leaves it OWNERLESS, its vector posts into a descriptor keepalive owns
+  // (drained at the reclaim), and this VM's eventfd is never signalled again.
+  // Every earlier signal was injected into the LAPIC inside the eventfd write
+  // (KVM injects a fixed single-destination MSI synchronously from the irqfd
+  // wake-up): the LAPIC saved below has them all. Hence no KVM_IRQFD deassign:
+  // it waits for an SRCU grace period (1-8 ms on this host, most of the
+  // earlier pause); the irqfd goes with this VM, after the resume.
   nic_.reset();
-  const std::optional<token> was_armed = std::exchange(armed_, std::nullopt);
+  const status closed = session_->hand_over();
   const std::uint64_t released = monotonic_ns();
   timing_.release_ns = released - entered;
   timing_.flush_ns = 0;
   auto call_off = [&](const error& why) -> error {
-    // The restart is called off: this VMM reclaims its device, the guest runs on.
-    const device_record self{opt_.nic, opt_.route, t};
-    if (auto st = reclaim(self, host_->guest_area_offset() + opt_.ram_slice); !st)
+    // The restart is called off: the devices come back to this VM, the guest runs on.
+    if (auto st = session_->call_off(*wiring_); !st)
       return error{st.code(), why.message() + "; and reclaiming the device failed: " + st.err().message()};
-    if (was_armed)
-      if (auto e = nic_->keepalive_enter(*was_armed); e) armed_ = was_armed;
+    attach_nic();
+    rearm();
     resume_vcpu();
     return why;
   };
+  if (!closed) return call_off(closed.err());
   auto vs = vcpu_->save(vm_->state_msrs());
   if (!vs) return call_off(vs.err());
   auto chip = vm_->save_irqchip();
   if (!chip) return call_off(chip.err());
-  stop_vcpu();
-  timing_.get_state_ns = monotonic_ns() - released;
   s.ram_phys_offset = host_->guest_area_offset() + opt_.ram_slice;
   s.tsc_khz = tsc_khz_;
   s.guest = opt_.guest;
   s.vcpus.push_back(std::move(*vs));
   s.irqchip = *chip;
-  s.devices.push_back({opt_.nic, opt_.route, t});
+  s.route = opt_.route;
+  if (auto st = add_vmm_state(*snap, to_session_state(s)); !st) return call_off(st.err());
+  // The vCPU thread stays parked (paused, never resumed: this VMM has no
+  // device any more) and is joined in the teardown, after the new VMM resumed:
+  // the join (thread exit, ~60 us here) is not in the pause.
+  timing_.get_state_ns = monotonic_ns() - released;
   timing_.save_ns = monotonic_ns() - entered;
-  return s;
+  return snap;
 }
 
-status vmm::reclaim(const device_record& d, std::uint64_t ram_phys_offset) {
-  auto& h = *host_;
-  auto dev = std::make_unique<passthrough>(h.sys(), d.device);
-  if (auto st = dev->open(d.owner, h.dma_vaddr(ram_phys_offset, ram_), 0, opt_.guest.ram_bytes); !st) return st;
-  if (auto st = map_high_ram(*dev); !st) return st;
+status vmm::reclaim(const snapshot& snap) {
+  auto w = make_wiring(irq_eventfd_.get());
+  auto s = std::make_unique<session>(host_->sys());
   // Reconnecting drains what was posted while nobody owned the device into our
   // eventfd: the irqfd injects it into the LAPIC (restored before this).
-  if (auto st = dev->connect_vector(d.route, irq_eventfd_.get(), h.host_cpu()); !st) return st;
-  if (auto st = dev->keepalive_leave(d.owner); !st) return st;
-  nic_ = std::move(dev);
-  opt_.nic = d.device;
+  if (auto st = s->reclaim(snap, *w); !st) return st;
+  wiring_ = std::move(w);
+  session_ = std::move(s);
+  attach_nic();
+  opt_.nic = snap.devices[0].address;
   return {};
 }
 
-status vmm::take_over(const vmm_state& s) {
+status vmm::take_over(snapshot snap) {
   if (nic_ || running_) return {errc::busy, "already running a guest"};
-  if (s.vcpus.size() != 1 || s.devices.size() != 1) return {errc::invalid, "this VMM runs one vCPU and one device"};
-  if (s.ram_phys_offset != host_->guest_area_offset() + opt_.ram_slice || s.guest.ram_bytes != opt_.guest.ram_bytes)
+  auto s = vm_state_of(snap);
+  if (!s) return s.err();
+  if (s->vcpus.size() != 1 || snap.devices.size() != 1) return {errc::invalid, "this VMM runs one vCPU and one device"};
+  if (s->ram_phys_offset != host_->guest_area_offset() + opt_.ram_slice || s->guest.ram_bytes != opt_.guest.ram_bytes)
     return {errc::invalid, "guest RAM of the handed-over VM is not the RAM this VMM mapped"};
-  if (s.tsc_khz != tsc_khz_) return {errc::invalid, "TSC frequency differs"};
+  if (s->tsc_khz != tsc_khz_) return {errc::invalid, "TSC frequency differs"};
+  if (s->route.gsi != opt_.route.gsi || s->route.guest_apic != opt_.route.guest_apic ||
+      snap.devices[0].vectors != nic_spec(snap.devices[0].address, opt_.route).vectors)
+    return {errc::invalid, "vector route differs from the prepared one"};
+  // Guest RAM where this process mapped it (same file, same offsets).
+  auto& mine = snap;
+  const auto here = ram_regions();
+  if (mine.ram.size() != here.size()) return {errc::invalid, "guest RAM regions differ"};
+  for (std::size_t i = 0; i < here.size(); ++i) {
+    if (mine.ram[i].guest != here[i].guest || mine.ram[i].io != here[i].io || mine.ram[i].bytes != here[i].bytes ||
+        mine.ram[i].backing_offset != here[i].backing_offset)
+      return {errc::invalid, fmt::format("guest RAM region {} is not the RAM this VMM mapped", i)};
+    mine.ram[i].vaddr = here[i].vaddr;
+  }
   const std::uint64_t t0 = monotonic_ns();
-  opt_.guest = s.guest;
-  if (auto st = vm_->restore_irqchip(s.irqchip); !st) return st;
-  if (auto st = vcpu_->restore(s.vcpus[0]); !st) return st;
+  opt_.guest = s->guest;
+  if (auto st = vm_->restore_irqchip(s->irqchip); !st) return st;
+  if (auto st = vcpu_->restore(s->vcpus[0]); !st) return st;
   const std::uint64_t restored = monotonic_ns();
   timing_.restore_ns = restored - t0;
-
-  const auto& d = s.devices[0];
-  if (d.route.gsi != opt_.route.gsi || d.route.guest_vector != opt_.route.guest_vector ||
-      d.route.guest_apic != opt_.route.guest_apic)
-    return {errc::invalid, "vector route differs from the prepared one"};
-  if (auto st = reclaim(d, s.ram_phys_offset); !st) return st;
+  if (auto st = reclaim(mine); !st) return st;
   timing_.reclaim_ns = monotonic_ns() - restored;
   // The guest has not run since the pause: its counters are as it left them.
   const auto c = counters();
@@ -222,13 +271,13 @@ status vmm::take_over(const vmm_state& s) {
   if (auto st = start_vcpu(); !st) return st;
   const std::uint64_t started = monotonic_ns();
   timing_.start_ns = started - before_start;
-  timing_.pause_ns = started - s.pause_started_ns;
+  timing_.pause_ns = started - s->pause_started_ns;
   return {};
 }
 
-result<vmm_state> vmm::save_for_restart(bool flush_irqfd) {
+result<vm_state> vmm::save_for_restart(bool flush_irqfd) {
   if (!running_) return error{errc::busy, "nothing to hand over"};
-  vmm_state s;
+  vm_state s;
   s.pause_started_ns = monotonic_ns();
   pause_vcpu();
   const std::uint64_t stopped = monotonic_ns();
@@ -255,21 +304,24 @@ result<vmm_state> vmm::save_for_restart(bool flush_irqfd) {
   s.guest = opt_.guest;
   s.vcpus.push_back(std::move(*vs));
   s.irqchip = *chip;
+  s.route = opt_.route;
   timing_.save_ns = monotonic_ns() - stopped;
   return s;
 }
 
 carried_fds vmm::release_fds() {
   carried_fds c;
-  c.nic = std::move(nic_);
+  nic_.reset();
+  c.devices = std::move(session_);
+  c.wiring = std::move(wiring_);
   c.irq_eventfd = std::move(irq_eventfd_);
   c.host = std::move(host_);
   return c;
 }
 
-status vmm::take_over_carried(const vmm_state& s, carried_fds fds, bool rewire) {
+status vmm::take_over_carried(const vm_state& s, carried_fds fds, bool rewire) {
   if (nic_ || running_) return {errc::busy, "already running a guest"};
-  if (!fds.host || !fds.nic || !fds.irq_eventfd.valid()) return {errc::invalid, "nothing carried"};
+  if (!fds.host || !fds.devices || !fds.wiring || !fds.irq_eventfd.valid()) return {errc::invalid, "nothing carried"};
   if (s.vcpus.size() != 1) return {errc::invalid, "this VMM runs one vCPU"};
   if (s.ram_phys_offset != host_->guest_area_offset() + opt_.ram_slice || s.guest.ram_bytes != opt_.guest.ram_bytes)
     return {errc::invalid, "guest RAM of the handed-over VM is not the RAM this VMM mapped"};
@@ -283,25 +335,31 @@ status vmm::take_over_carried(const vmm_state& s, carried_fds fds, bool rewire) 
   // The carried process (its fd table) replaces the one this VMM connected
   // with; guest RAM stays mapped (the same file, whoever mapped it).
   host_ = std::move(fds.host);
-  nic_ = std::move(fds.nic);
+  session_ = std::move(fds.devices);
+  attach_nic();
   std::uint64_t repointed = restored;
   if (rewire) {
-    const std::uint64_t phys = s.ram_phys_offset;
-    if (auto st = nic_->repoint_dma(host_->dma_vaddr(phys, ram_), 0, s.guest.ram_bytes); !st) return st;
-    if (opt_.high_ram_bytes > 0)
-      if (auto st = nic_->repoint_dma(host_->dma_vaddr(phys + s.guest.ram_bytes, ram_ + s.guest.ram_bytes), high_ram_gpa,
-                                      opt_.high_ram_bytes);
-          !st)
-        return st;
+    for (const auto& r : ram_regions())
+      if (auto st = nic_->repoint_dma(r.vaddr, r.io.value(), r.bytes); !st) return st;
     repointed = monotonic_ns();
     timing_.repoint_ns = repointed - restored;
-    // The vector posts into a descriptor of the new VM; this VM's irqfd on the
-    // carried eventfd injects what was signalled since the old one let go.
-    if (auto st = nic_->rewire_vector(opt_.route, fds.irq_eventfd.get(), host_->host_cpu()); !st) return st;
-    if (auto st = vm_->irqfd(fds.irq_eventfd.get(), opt_.route.gsi, true); !st) return st;
+    // The vector posts into a descriptor of the new VM (its own wiring), then
+    // the old VM's descriptors go: a post that still lands in the old one
+    // finds its irqfd. This VM's irqfd on the carried eventfd injects what
+    // was signalled since the old one let go.
+    const int efd = fds.irq_eventfd.get();
+    auto w = make_wiring(efd);
+    const auto spec = nic_spec(opt_.nic, opt_.route);
+    if (auto st = nic_->set_trigger(opt_.route.msix_index, efd); !st) return st;
+    if (auto st = w->connect({0, opt_.nic, session_->device_fd(0), spec.vectors[0]}, efd); !st) return st;
+    fds.wiring.reset();
+    wiring_ = std::move(w);
+    if (auto st = vm_->irqfd(efd, opt_.route.gsi, true); !st) return st;
     // The prepared eventfd's irqfd stays assigned to an eventfd nobody signals.
     irq_eventfd_ = std::move(fds.irq_eventfd);
     timing_.rewire_ns = monotonic_ns() - repointed;
+  } else {
+    wiring_ = std::move(fds.wiring);
   }
   const std::uint64_t before_start = monotonic_ns();
   const auto c = counters();
@@ -316,18 +374,20 @@ status vmm::take_over_carried(const vmm_state& s, carried_fds fds, bool rewire) 
 
 status vmm::reboot_reclaim(std::span<const std::byte> image, const token& t) {
   if (nic_ || running_) return {errc::busy, "already running a guest"};
-  auto& h = *host_;
-  const std::uint64_t phys = h.guest_area_offset() + opt_.ram_slice;
-  auto dev = std::make_unique<passthrough>(h.sys(), opt_.nic);
-  if (auto st = dev->open(t, h.dma_vaddr(phys, ram_), 0, opt_.guest.ram_bytes); !st) return st;
-  if (auto st = map_high_ram(*dev); !st) return st;
+  // No state survived the owner: the snapshot is what this VMM knows itself.
+  snapshot snap;
+  snap.owner = t;
+  snap.nr_vcpus = 1;
+  snap.devices.push_back({opt_.nic, opt_.nic.devfn(), abi::irq_mode::none, nic_spec(opt_.nic, opt_.route).vectors});
+  snap.ram = ram_regions();
+  if (auto st = reclaim(snap); !st) return st;
   // The dead guest's ring is about to be overwritten: stop receiving first
   // (the driver's own CTRL write, as the rebooted guest does; no reset).
-  if (auto st = dev->bar0_write(KA_NIC_CTRL, 8, 0); !st) return st;
+  if (auto st = nic_->bar0_write(KA_NIC_CTRL, 8, 0); !st) return st;
   // The link partner holds the wire until the guest runs (the caller sets the
   // rate again): a driver reading NEXT_SEQ while packets are dropped in front
   // of its CTRL.ENABLE would start one sequence number late.
-  if (auto st = dev->bar0_write(KA_NIC_RATE_PPS, 8, 0); !st) return st;
+  if (auto st = nic_->bar0_write(KA_NIC_RATE_PPS, 8, 0); !st) return st;
   const std::span<std::byte> ram{ram_, static_cast<std::size_t>(opt_.guest.ram_bytes)};
   if (auto st = load_guest(ram, image, opt_.guest, tsc_khz_); !st) return st;
   auto sregs = vcpu_->get_sregs();
@@ -335,27 +395,20 @@ status vmm::reboot_reclaim(std::span<const std::byte> image, const token& t) {
   initial_sregs(*sregs);
   if (auto st = vcpu_->set_sregs(*sregs); !st) return st;
   if (auto st = vcpu_->set_regs(initial_regs()); !st) return st;
-  if (auto st = dev->connect_vector(opt_.route, irq_eventfd_.get(), h.host_cpu()); !st) return st;
-  if (auto st = dev->keepalive_leave(t); !st) return st;
-  nic_ = std::move(dev);
   return start_vcpu();
-}
-
-status vmm::map_high_ram(passthrough& dev) {
-  if (opt_.high_ram_bytes == 0) return {};
-  const std::uint64_t phys = host_->guest_area_offset() + opt_.ram_slice + opt_.guest.ram_bytes;
-  return dev.map_dma(host_->dma_vaddr(phys, ram_ + opt_.guest.ram_bytes), high_ram_gpa, opt_.high_ram_bytes);
 }
 
 status vmm::arm_keepalive(const token& t) {
   if (!nic_) return {errc::busy, "no device"};
   if (t.is_nil()) return {errc::invalid, "nil token"};
+  auto& sys = host_->sys();
+  const int fd = session_->device_fd(0);
   if (armed_) {
     if (*armed_ == t) return {};
-    if (auto st = nic_->keepalive_leave(*armed_); !st) return st;
+    if (auto st = abi::keepalive_leave(sys, fd, *armed_); !st) return st;
     armed_.reset();
   }
-  auto e = nic_->keepalive_enter(t);
+  auto e = abi::keepalive_enter(sys, fd, t);
   if (!e) return e.err();
   armed_ = t;
   return {};
@@ -364,7 +417,7 @@ status vmm::arm_keepalive(const token& t) {
 status vmm::disarm_keepalive() {
   if (!nic_) return {errc::busy, "no device"};
   if (!armed_) return {};
-  if (auto st = nic_->keepalive_leave(*armed_); !st) return st;
+  if (auto st = abi::keepalive_leave(host_->sys(), session_->device_fd(0), *armed_); !st) return st;
   armed_.reset();
   return {};
 }
@@ -373,7 +426,7 @@ std::optional<token> vmm::armed_token() const { return armed_; }
 
 result<abi::device_status> vmm::device_status() {
   if (!nic_) return error{errc::busy, "no device"};
-  return abi::keepalive_status(host_->sys(), nic_->device_fd());
+  return abi::keepalive_status(host_->sys(), session_->device_fd(0));
 }
 
 result<std::uint16_t> vmm::pci_command() {

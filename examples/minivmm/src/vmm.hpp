@@ -2,11 +2,18 @@
 // whose BAR0 the guest drives through MMIO exits and whose MSI-X vector is
 // posted (sim) and injected (real KVM irqfd) as guest vector 0x40.
 //
-// Restart protocol (two VMM objects, or two processes once the daemon exists):
+// The device side is the library's: a keepalive::session (VFIO flow, keepalive,
+// reclaim, all-or-nothing) with keepalive::sim_wiring as the KVM side, and the
+// state crosses as a keepalive::snapshot (handover.hpp).
+//
+// Restart protocol (two VMM objects, or two processes over the daemon), the
+// session's close-first order (include/keepalive/session.hpp, ORDER):
 //   new = vmm::prepare(...)        VM, RAM slot, vCPU, MSI route, irqfd: while the old one runs
-//   state = old->handover(token)   pause vCPUs, keepalive-enter and close devices, save state
+//   snap = old->handover(token)    pause vCPUs; session freeze(token) + hand_over (devices
+//                                  OWNERLESS); KVM_GET_*; add_vmm_state; on failure call_off
+//   write_snapshot / read_snapshot through a pipe, a file or across exec
 //   old.reset()                    the old process exits (its host_link closes every fd)
-//   new->take_over(state)          restore vCPUs, reclaim devices with the token, resume
+//   new->take_over(snap)           restore vCPUs, session reclaim(snap), resume
 // Guest RAM is never copied: both map the same slice of the physical-memory file.
 #pragma once
 
@@ -20,11 +27,15 @@
 #include <span>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "guest/shared.h"
 #include "guest_setup.hpp"
 #include "handover.hpp"
 #include "host_link.hpp"
+#include "keepalive/session.hpp"
+#include "keepalive/sim_wiring.hpp"
+#include "keepalive/snapshot.hpp"
 #include "kvm.hpp"
 #include "passthrough.hpp"
 
@@ -64,6 +75,9 @@ struct restart_timing {
   // Guest view: its last NIC interrupt before the pause, and the gap to the
   // first one after the resume (guest TSC cycles; 0 until measured).
   std::uint64_t guest_irqs_at_pause = 0, guest_last_irq_tsc = 0, guest_gap_tsc = 0;
+  // The guest took an interrupt after the resume (guest_gap_tsc is 0 when the
+  // gap could not be measured: the guest's log was overrun before it was read).
+  bool guest_resumed = false;
 };
 
 // The open files a restart can carry to the next VMM instead of re-opening
@@ -72,7 +86,8 @@ struct restart_timing {
 // In-process hosts only (inproc_host): a sim process stands for the fd table.
 struct carried_fds {
   std::unique_ptr<host_link> host;
-  std::unique_ptr<passthrough> nic;
+  std::unique_ptr<sim_wiring> wiring;  // the old VM's descriptors (the floor keeps them)
+  std::unique_ptr<session> devices;
   unique_fd irq_eventfd;
 };
 
@@ -87,14 +102,14 @@ class vmm {
   // Cold start: load the guest, open + enable the device, connect its vector, run.
   [[nodiscard]] status boot(std::span<const std::byte> image);
   // Old side of a restart. On error the VMM keeps running the guest.
-  [[nodiscard]] result<vmm_state> handover(const token& t);
+  [[nodiscard]] result<snapshot> handover(const token& t);
   // New side of a restart (after the old VMM exited).
-  [[nodiscard]] status take_over(const vmm_state& s);
+  [[nodiscard]] status take_over(snapshot snap);
   // Old side of a restart without keepalive: pause, save vCPU + irqchip, stop
   // the vCPU thread. The device is untouched (it streams on). flush_irqfd
   // deassigns the irqfd first: the device still signals the eventfd, and a
   // signal must not land in the LAPIC of this VM once its state is saved.
-  [[nodiscard]] result<vmm_state> save_for_restart(bool flush_irqfd);
+  [[nodiscard]] result<vm_state> save_for_restart(bool flush_irqfd);
   // After save_for_restart: gives the open files to the successor; this VMM
   // then exits without closing them.
   [[nodiscard]] carried_fds release_fds();
@@ -103,7 +118,7 @@ class vmm {
   // (FLAG_VADDR), move the vector's posting to this VM and assign this VM's
   // irqfd on the carried eventfd (a signal pending on it is injected then).
   // Without rewire (the floor) the device is not touched at all.
-  [[nodiscard]] status take_over_carried(const vmm_state& s, carried_fds fds, bool rewire);
+  [[nodiscard]] status take_over_carried(const vm_state& s, carried_fds fds, bool rewire);
   // Stops the vCPU for good (cold restart: the old VMM exits without handing anything over).
   void halt() { stop_vcpu(); }
 
@@ -142,9 +157,13 @@ class vmm {
  private:
   vmm(std::unique_ptr<host_link> host, const vmm_options& opt) : host_{std::move(host)}, opt_{opt} {}
   status start_vcpu();
-  status map_high_ram(passthrough& dev);
-  // Open with the token, map, connect the vector to this VM, leave keepalive.
-  status reclaim(const device_record& d, std::uint64_t ram_phys_offset);
+  // Guest RAM as the session maps it (low RAM at GPA 0, high RAM at 4 GiB).
+  [[nodiscard]] std::vector<ram_region> ram_regions() const;
+  [[nodiscard]] std::unique_ptr<sim_wiring> make_wiring(int eventfd) const;
+  // A fresh session reclaims `snap` into this VM (open with the token, map,
+  // connect the vector to this VM, leave keepalive).
+  status reclaim(const snapshot& snap);
+  void attach_nic();
   void pause_vcpu();
   void resume_vcpu();
   void stop_vcpu();
@@ -161,8 +180,11 @@ class vmm {
   std::byte* ram_ = nullptr;
   unique_fd irq_eventfd_;
   std::uint32_t tsc_khz_ = 0;
-  std::unique_ptr<passthrough> nic_;
-  token owner_{};
+  // Destroyed in reverse: the device fds (session) close before the VM's
+  // descriptors (wiring), so a kept-alive device never posts into a freed one.
+  std::unique_ptr<sim_wiring> wiring_;
+  std::unique_ptr<session> session_;
+  std::unique_ptr<passthrough> nic_;  // over session_'s fds while it runs
   std::optional<token> armed_;
 
   std::thread thread_;

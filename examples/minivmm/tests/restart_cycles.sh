@@ -119,6 +119,10 @@ for k in $(seq 1 "$stage2"); do
   n=$((n + 1))
   r=$(qmp "$qsock" "{\"execute\":\"restart\",\"arguments\":{\"mode\":\"handover\",\"state-path\":\"$dir/stage2-$k\"}}") ||
     die "stage-2 handover: $r"
+  # The state file is the library's keepalive-snapshot-v1: keepalivectl reads it.
+  dec=$("$ctl" decode-snapshot "$dir/stage2-$k" 2>&1) || die "keepalivectl decode-snapshot: $dec"
+  grep -q "0000:00:04.0" <<<"$dec" && grep -q "minivmm-guest-ram" <<<"$dec" ||
+    die "decode-snapshot does not show the NIC and guest RAM: $dec"
   qmp "$qsock" '{"execute":"quit"}' >/dev/null || true
   wait "$vmm_pid" || die "minivmm exited with an error before kexec"
   stats=$("$ctl" --socket "$sock" --json stats) || die "keepalivectl stats"
