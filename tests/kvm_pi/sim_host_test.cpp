@@ -31,12 +31,7 @@ hw::posted_intr_desc snapshot(platform& plat, hpa a) {
 
 TEST_CASE("the sim IOMMU's kept descriptor, drained by the kernel header == the sim kernel's reconnect") {
   host_fixture h;
-  auto a = std::make_unique<vmm>(*h.k, "vmm-a", *h.g, h.layout, h.ram, nic0);
-  REQUIRE(a->cold_start(100000));
-  h.g->start();
-  h.run_for(30);
-  h.g->pause();
-  REQUIRE(a->enter_keepalive(tok));
+  auto a = h.entered_vmm(tok);
   const auto owned = h.posted_irte();
   REQUIRE(owned);
   a->exit();

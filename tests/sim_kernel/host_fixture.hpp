@@ -75,6 +75,18 @@ struct host_fixture {
     });
   }
 
+  // A VMM that streamed for a while, then paused its guest and entered
+  // keepalive with `t`: the moment before it exits.
+  std::unique_ptr<vmm> entered_vmm(const token& t, std::uint64_t rate_pps = 100000) {
+    auto a = std::make_unique<vmm>(*k, "vmm-a", *g, layout, ram, nic0);
+    REQUIRE(a->cold_start(rate_pps));
+    g->start();
+    run_for(30);
+    g->pause();
+    REQUIRE(a->enter_keepalive(t));
+    return a;
+  }
+
   // The one posted IRTE in the interrupt-remapping table (the NIC's vector 0
   // in these tests); nullopt if there is none or more than one.
   std::optional<hw::irte> posted_irte() const {

@@ -220,12 +220,7 @@ const hw::posted_intr_desc& pid_at(platform& plat, hpa a) {
 
 TEST_CASE("stage 1 with posting: the vCPU's descriptor dies with its VM, posting moves to a kept one (SN set)") {
   host_fixture h;
-  auto a = std::make_unique<vmm>(*h.k, "vmm-a", *h.g, h.layout, h.ram, nic0);
-  REQUIRE(a->cold_start(100000));
-  h.g->start();
-  h.run_for(30);
-  h.g->pause();
-  REQUIRE(a->enter_keepalive(tok));
+  auto a = h.entered_vmm(tok);
   const auto owned = h.posted_irte();
   REQUIRE(owned);
   const hpa vcpu_pid = owned->pda();

@@ -144,6 +144,15 @@ status vmm::boot(std::span<const std::byte> image) {
   return start_vcpu();
 }
 
+void vmm::fill_state(vm_state& s, vcpu_state vcpu, const irqchip_state& chip) const {
+  s.ram_phys_offset = host_->guest_area_offset() + opt_.ram_slice;
+  s.tsc_khz = tsc_khz_;
+  s.guest = opt_.guest;
+  s.vcpus.push_back(std::move(vcpu));
+  s.irqchip = chip;
+  s.route = opt_.route;
+}
+
 result<snapshot> vmm::handover(const token& t) {
   if (!nic_ || !running_) return error{errc::busy, "nothing to hand over"};
   if (t.is_nil()) return error{errc::invalid, "nil token"};
@@ -206,12 +215,7 @@ result<snapshot> vmm::handover(const token& t) {
   if (!vs) return call_off(vs.err());
   auto chip = vm_->save_irqchip();
   if (!chip) return call_off(chip.err());
-  s.ram_phys_offset = host_->guest_area_offset() + opt_.ram_slice;
-  s.tsc_khz = tsc_khz_;
-  s.guest = opt_.guest;
-  s.vcpus.push_back(std::move(*vs));
-  s.irqchip = *chip;
-  s.route = opt_.route;
+  fill_state(s, std::move(*vs), *chip);
   if (auto st = add_vmm_state(*snap, to_session_state(s)); !st) return call_off(st.err());
   // The vCPU thread stays parked (paused, never resumed: this VMM has no
   // device any more) and is joined in the teardown, after the new VMM resumed:
@@ -299,12 +303,7 @@ result<vm_state> vmm::save_for_restart(bool flush_irqfd) {
   }
   stop_vcpu();
   timing_.get_state_ns = monotonic_ns() - flushed;
-  s.ram_phys_offset = host_->guest_area_offset() + opt_.ram_slice;
-  s.tsc_khz = tsc_khz_;
-  s.guest = opt_.guest;
-  s.vcpus.push_back(std::move(*vs));
-  s.irqchip = *chip;
-  s.route = opt_.route;
+  fill_state(s, std::move(*vs), *chip);
   timing_.save_ns = monotonic_ns() - stopped;
   return s;
 }

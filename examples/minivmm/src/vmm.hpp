@@ -157,6 +157,8 @@ class vmm {
  private:
   vmm(std::unique_ptr<host_link> host, const vmm_options& opt) : host_{std::move(host)}, opt_{opt} {}
   status start_vcpu();
+  // The saved vCPU and irqchip plus what the next VMM must match (RAM, TSC, route).
+  void fill_state(vm_state& s, vcpu_state vcpu, const irqchip_state& chip) const;
   // Guest RAM as the session maps it (low RAM at GPA 0, high RAM at 4 GiB).
   [[nodiscard]] std::vector<ram_region> ram_regions() const;
   [[nodiscard]] std::unique_ptr<sim_wiring> make_wiring(int eventfd) const;
