@@ -115,12 +115,16 @@ elif [ "$mode" = stage2y ]; then
     echo "KA: s2y.dmesg_vfio_refused=$(dmesg | grep -c 'vfio-keepalive: handover image refused')"
     echo "KA: s2y.dmesg_device_stopped=$(dmesg | grep -c 'keepalive: handover image refused: bus mastering off')"
     echo "KA: s2y.dmesg_restored=$(dmesg | grep -c 'keepalive: restored after kexec')"
+    echo "KA: s2y.dmesg_ir_refused=$(dmesg | grep -c 'DMAR-IR: keepalive: .*handover image refused: no IRTE adopted')"
+    echo "KA: s2y.dmesg_irte_adopted=$(dmesg | grep -c 'DMAR-IR: keepalive: .*IRTE .* adopted')"
     /bin/ka_guest stage2x-refused
     echo "KA: s2y.exit=$?"
 elif [ "$mode" = stage2z ]; then
     echo "KA: s2z.dmesg_restored=$(dmesg | grep -c 'keepalive: restored after kexec')"
+    echo "KA: s2z.dmesg_irte_adopted=$(dmesg | grep -c 'DMAR-IR: keepalive: .*IRTE .* adopted')"
     /bin/ka_guest stage2x-reset
     echo "KA: s2z.exit=$?"
+    echo "KA: s2z.dmesg_irte_released=$(dmesg | grep -c 'keepalive: held IRTE [0-9]* released')"
 elif [ "$mode" = stage2b ]; then
     echo "KA: stage2.kexec_boot_uptime=$(cut -d' ' -f1 /proc/uptime)"
     /bin/ka_guest stage2-after
@@ -128,6 +132,8 @@ elif [ "$mode" = stage2b ]; then
     echo "KA: dmesg.iommu_handover=$(dmesg | grep -c 'DMAR: keepalive: handover of 1 device')"
     echo "KA: dmesg.handover=$(dmesg | grep -c 'vfio-keepalive: handover of 1 device')"
     echo "KA: dmesg.restored=$(dmesg | grep -c 'keepalive: restored after kexec')"
+    echo "KA: dmesg.irte_adopted=$(dmesg | grep -c 'DMAR-IR: keepalive: .*IRTE .* adopted')"
+    echo "KA: dmesg.irte_reconnected=$(dmesg | grep -c 'keepalive: IRTE [0-9]* reconnected')"
     echo "KA: dmesg.adopted=$(dmesg | grep -c 'vfio: 1 handover mapping(s) adopted')"
 else
     /bin/ka_guest stage1 --baseline
@@ -348,6 +354,9 @@ expect S stage2.p_frozen_state == 4
 expect S stage2.p_bus_master == 1
 expect S stage2.p_intx_disabled == 1
 expect S stage2.p_dma_running_at_reboot == 1
+expect S stage2.p_irte_present_sid == 1
+expect S stage2.p_msi_disabled == 1
+expect S stage2.p_irte_held == 1
 expect S stage2.before_kernel_warnings == 0
 expect S stage2.before_dmar_faults == 0
 if [[ -n ${S[stage2.before_debug_locks]:-} ]]; then expect S stage2.before_debug_locks == 1; fi
@@ -364,6 +373,12 @@ expect S stage2.b_context_did == "${S[stage2.p_domain_id]:-?}"
 expect S stage2.b_dma_running_at_reboot == 1
 expect S stage2.b_dma_landed == 1
 expect S stage2.b_intx_latched == 1
+expect S stage2.b_irte_index == "${S[stage2.p_irte_index]:-?}"
+expect S stage2.b_irte_adopted_present == 1
+expect S stage2.b_irte_adopted_sid == 1
+expect S stage2.b_irte_adopted_same == 1
+expect S stage2.b_irtes_for_edu == 1
+expect S stage2.b_msi_off_before_open == 1
 expect S stage2.b_preserved_tables_dma == 1
 expect S stage2.b_dma_running_at_attach == 1
 expect S stage2.b_attach_dma_landed == 1
@@ -379,6 +394,12 @@ expect S stage2.b_bus_master == 1
 expect S stage2.b_bar0_kept == 1
 expect S stage2.b_set_msi == 0
 expect S stage2.b_irq_delivered == 1
+expect S stage2.b_msi_enabled == 1
+expect S stage2.b_msi_same_message == 1
+expect S stage2.b_msi_irte_index == "${S[stage2.p_irte_index]:-?}"
+expect S stage2.b_irte_reconnected_sid == 1
+expect S stage2.b_irte_debugfs_matches == 1
+expect S stage2.b_irtes_for_edu_after == 1
 expect S stage2.b_luo_retrieve == 0
 expect S stage2.b_memfd_same_phys == 1
 expect S stage2.b_unmap_adopted == -13
@@ -389,6 +410,7 @@ expect S stage2.b_takeover_dma_landed == 1
 expect S stage2.b_buffer_holds_dma == 1
 expect S stage2.b_roundtrip == 1
 expect S stage2.b_roundtrip_irq == 1
+expect S stage2.b_msi_counted == 1
 expect S stage2.b_dma_faults == 0
 expect S stage2.b_leave_wrong_token == -13
 expect S stage2.b_leave == 0
@@ -396,6 +418,8 @@ expect S stage2.b_state_after_leave == 0
 expect S stage2.b_listed_after == 0
 expect S stage2.b_luo_finish == 0
 expect S stage2.done == 1
+expect S dmesg.irte_adopted == 1
+expect S dmesg.irte_reconnected == 1
 expect S dmesg.dmar_dma_faults == 0
 expect S dmesg.dmar_ir_faults == 0
 expect S dmesg.kernel_warnings == 0
@@ -429,6 +453,9 @@ expect X s2y.dmesg_iommu_handover == 0
 expect X s2y.dmesg_vfio_refused == 1
 expect X s2y.dmesg_device_stopped == 1
 expect X s2y.dmesg_restored == 0
+expect X s2y.dmesg_ir_refused == 1
+expect X s2y.dmesg_irte_adopted == 0
+expect X s2y.irtes_for_edu == 0
 expect X s2y.event_rejected_image == 1
 expect X s2y.event_rejected_device == 1
 expect X s2y.event_errno == 71
@@ -451,7 +478,11 @@ expect X s2z.dmesg_restored == 1
 expect X s2z.listed_state == 5
 expect X s2z.generation == 1
 expect X s2z.bus_master_before == 1
+expect X s2z.dmesg_irte_adopted == 1
+expect X s2z.irtes_for_edu_before == 1
 expect X s2z.reset == 0
+expect X s2z.irtes_for_edu_after == 0
+expect X s2z.dmesg_irte_released == 1
 expect X s2z.reset_again == -16
 expect X s2z.listed_after == 0
 expect X s2z.event_reset == 1
@@ -471,6 +502,14 @@ handover_rejected_safe=false
 restored_reset_released=false
 [[ ${X[s2z.reset]:-} == 0 && ${X[s2z.event_reset]:-} == 1 && ${X[s2z.bus_master_after]:-} == 0 &&
    ${X[s2z.c_open_plain]:-} == 0 ]] && restored_reset_released=true
+irte_adopted=false
+[[ ${S[stage2.b_irte_adopted_present]:-} == 1 && ${S[stage2.b_irte_adopted_same]:-} == 1 &&
+   ${S[stage2.b_irte_adopted_sid]:-} == 1 && ${S[stage2.b_msi_same_message]:-} == 1 &&
+   ${S[stage2.b_msi_irte_index]:-x} == "${S[stage2.p_irte_index]:-y}" && ${S[stage2.b_irte_debugfs_matches]:-} == 1 &&
+   ${S[stage2.b_msi_counted]:-} == 1 && ${S[dmesg.irte_reconnected]:-} == 1 ]] && irte_adopted=true
+irte_refused_clean=false
+[[ ${X[s2y.irtes_for_edu]:-} == 0 && ${X[s2y.dmesg_ir_refused]:-} == 1 && ${X[s2z.irtes_for_edu_before]:-} == 1 &&
+   ${X[s2z.irtes_for_edu_after]:-} == 0 ]] && irte_refused_clean=true
 stage2=pass
 ((${#failures[@]} == s2_start)) || stage2=fail
 printf '  freeze -> first interrupt %s ms, reboot -> userspace %s ms (TSC)\n' \
@@ -532,8 +571,9 @@ printf '"unowned_fault_detected":%s,"operator_reset":%s,' \
 printf '"stage2_freeze_to_irq_ms":%s,"stage2_reboot_to_userspace_ms":%s,"stage2_boot_s":%s,' \
     "$(num "${S[stage2.freeze_to_irq_ms]:-}")" "$(num "${S[stage2.reboot_to_userspace_ms]:-}")" \
     "$(cat "$tmp/stage2.secs" 2>/dev/null || echo null)"
-printf '"stage2x_handover_rejected_safe":%s,"stage2x_restored_reset_released":%s,"stage2x_boot_s":%s,' \
-    "$handover_rejected_safe" "$restored_reset_released" "$(cat "$tmp/stage2x.secs" 2>/dev/null || echo null)"
+printf '"stage2_irte_adopted":%s,"stage2_irte_index":%s,' "$irte_adopted" "$(num "${S[stage2.p_irte_index]:-}")"
+printf '"stage2x_handover_rejected_safe":%s,"stage2x_restored_reset_released":%s,"stage2x_irte_clean":%s,"stage2x_boot_s":%s,' \
+    "$handover_rejected_safe" "$restored_reset_released" "$irte_refused_clean" "$(cat "$tmp/stage2x.secs" 2>/dev/null || echo null)"
 printf '"patched_boot_s":%s,"baseline_boot_s":%s,"total_s":%s}\n' "$(cat "$tmp/patched.secs")" \
     "$(cat "$tmp/baseline.secs" 2>/dev/null || echo null)" "$(secs "$t0" "$t_end")"
 ((ok == 1))

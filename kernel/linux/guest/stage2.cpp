@@ -6,17 +6,21 @@
 // DMA to RAM with "raise IRQ", enters keepalive and exits. The parent sees the
 // device OWNERLESS, runs STAGE2_PREPARE, ABORT, PREPARE (FROZEN; bus mastering on, MSI off,
 // INTx disabled so the completion is latched), writes its notes (DID, BAR0,
-// TSC at prepare) into the notes page and reboots into the loaded kernel with
+// TSC at prepare, and edu's MSI message and the IRTE it names, read via IRTA
+// from /dev/mem) into the notes page and reboots into the loaded kernel with
 // the DMA still in flight (checked just before the reboot).
 //
 // `ka_guest stage2-after` (second kernel): before anything opens the device,
 // the old IOVAs are translated through the context entry this kernel adopted
 // (root table from the DMAR unit, /dev/mem) and the data the DMA wrote during
-// the reboot is read; edu (through its sysfs BAR, nobody owning it) copies it
+// the reboot is read; the live IR table holds the first kernel's IRTE at the
+// same index (patch 0011); edu (through its sysfs BAR, nobody owning it) copies it
 // through the preserved tables in both directions. Then the device is listed
 // RESTORED with the old DID, a wrong token is EACCES, the token reclaims it
 // (RECLAIMED), it was not reset (marker, bus mastering, BAR0 unchanged), the
-// latched completion is delivered to the new owner's MSI eventfd. Mappings
+// latched completion is delivered to the new owner's MSI eventfd, whose MSI
+// message is the old one (same IRTE index, entry rewritten for the new IRQ; an
+// MSI through it is counted on the new IRQ). Mappings
 // (patch 0010): a DMA runs while the owner's container is attached and lands
 // in the same page; the container holds the handover's mappings without a
 // vaddr, the owner supplies it (MAP_DMA|VADDR, another DMA running meanwhile;
@@ -38,13 +42,17 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <cctype>
 #include <fstream>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "guest.hpp"
 #include "keepalive/abi/ops.hpp"
+#include "keepalive/hw/irte.hpp"
+#include "keepalive/hw/msi.hpp"
 #include "keepalive/hw/page_table.hpp"
 #include "keepalive/hw/root_context.hpp"
 #include "vfio_edu.hpp"
@@ -75,7 +83,14 @@ struct notes {
   std::uint32_t bar0;
   std::uint32_t dma_running_at_reboot;
   std::uint32_t pad;
+  std::uint32_t irte_index;  // edu's MSI handle before PREPARE (no_irte: none)
+  std::uint32_t msi_addr_lo;
+  std::uint32_t msi_addr_hi;
+  std::uint32_t msi_data;
+  std::uint64_t irte_lo;  // that IRTE as the first kernel wrote it
+  std::uint64_t irte_hi;
 };
+constexpr std::uint32_t no_irte = ~0u;
 
 std::uint8_t pattern(std::size_t i, unsigned seed) { return static_cast<std::uint8_t>(i * 13 + seed * 29 + 0x33); }
 void fill_pattern(std::uint8_t* p, std::size_t n, unsigned seed) {
@@ -176,6 +191,75 @@ std::optional<std::uint64_t> dmar_base() {
   return std::nullopt;
 }
 
+// edu's MSI capability as the device holds it (sysfs: physical config space).
+struct edu_msi {
+  hw::msi_message msg;
+  bool enabled;
+};
+std::optional<edu_msi> read_edu_msi(const std::string& bdf) {
+  std::uint8_t config[256] = {};
+  const int fd = open(("/sys/bus/pci/devices/" + bdf + "/config").c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return std::nullopt;
+  const ssize_t got = pread(fd, config, sizeof config, 0);
+  close(fd);
+  if (got != static_cast<ssize_t>(sizeof config)) return std::nullopt;
+  const unsigned cap = find_capability(config, sizeof config, pci_cap_id_msi);
+  if (!cap) return std::nullopt;
+  std::uint16_t control = 0, data = 0;
+  std::memcpy(&control, config + cap + 2, 2);
+  const bool is64 = control & 0x80;
+  edu_msi r{};
+  std::memcpy(&r.msg.address_lo, config + cap + 4, 4);
+  if (is64) std::memcpy(&r.msg.address_hi, config + cap + 8, 4);
+  std::memcpy(&data, config + cap + (is64 ? 12 : 8), 2);
+  r.msg.data = data;
+  r.enabled = control & 1;
+  return r;
+}
+
+std::uint32_t irte_index_of(const hw::msi_message& m) {
+  const auto r = hw::decode_remappable(m);
+  return r ? r->effective_index() : no_irte;
+}
+
+// The IR table the DMAR unit uses now (IRTA from its MMIO registers).
+std::optional<hw::irta_reg> live_irta() {
+  const auto base = dmar_base();
+  const auto v = base ? mmio_read64(*base, 0xb8) : std::nullopt;
+  if (!v) return std::nullopt;
+  return hw::irta_reg::from_raw(*v);
+}
+
+hw::irte read_irte(const devmem& mem, const hw::irta_reg& irta, std::uint32_t index) {
+  const hpa slot = irta.base() + std::uint64_t{index} * 16;
+  return hw::irte::from_words(mem.load64(slot), mem.load64(slot + 8));
+}
+
+// Indices of the present IRTEs with source-id sid (whole table, one read).
+std::vector<std::uint32_t> irtes_with_sid(const devmem& mem, const hw::irta_reg& irta, std::uint16_t sid) {
+  std::vector<std::uint64_t> words(std::size_t{irta.entries()} * 2);
+  std::vector<std::uint32_t> out;
+  if (!mem.read(irta.base().value(), words.data(), words.size() * 8)) return {no_irte};
+  for (std::uint32_t i = 0; i < irta.entries(); ++i) {
+    const auto e = hw::irte::from_words(words[2 * i], words[2 * i + 1]);
+    if (e.present() && e.sid() == sid) out.push_back(i);
+  }
+  return out;
+}
+
+// The /proc/interrupts count of vfio-pci's MSI vector 0 of bdf.
+std::uint64_t vfio_msi_count(const std::string& bdf) {
+  std::ifstream in{"/proc/interrupts"};
+  for (std::string l; std::getline(in, l);) {
+    if (l.find(fmt::format("vfio-msi[0]({})", bdf)) == std::string::npos) continue;
+    std::uint64_t total = 0;
+    std::istringstream words{l.substr(l.find(':') + 1)};
+    for (std::string w; words >> w && std::isdigit(static_cast<unsigned char>(w[0]));) total += std::stoull(w);
+    return total;
+  }
+  return 0;
+}
+
 // LUO (include/uapi/linux/liveupdate.h in 7.3; not in the host's headers).
 namespace luo {
 constexpr unsigned type = 0xBA;
@@ -223,6 +307,29 @@ std::optional<abi::device_entry> listed(int ctl) {
 }
 
 // ---------------------------------------------------------------- first kernel
+// edu's interrupt as this kernel programmed it (physical config space): MSI
+// handle -> IRTE (IRTA, /dev/mem); kept in the notes page.
+void record_irte(const edu_location& loc, notes& n) {
+  devmem mem;
+  const auto edu_sid = keepalive::bdf::parse(loc.bdf)->source_id();
+  const auto msi = read_edu_msi(loc.bdf);
+  const auto irta = live_irta();
+  n.irte_index = msi && msi->enabled ? irte_index_of(msi->msg) : no_irte;
+  if (n.irte_index == no_irte || !irta) {
+    report(sc, "p_irte_index", "none");
+    return;
+  }
+  const auto e = read_irte(mem, *irta, n.irte_index);
+  n.msi_addr_lo = msi->msg.address_lo;
+  n.msi_addr_hi = msi->msg.address_hi;
+  n.msi_data = msi->msg.data;
+  n.irte_lo = e.lo();
+  n.irte_hi = e.hi();
+  report(sc, "p_irte_index", n.irte_index);
+  report(sc, "p_irte", fmt::format("{:016x}{:016x}", e.hi(), e.lo()));
+  report(sc, "p_irte_present_sid", e.present() && e.sid() == edu_sid ? 1 : 0);
+}
+
 int owner_a(const edu_location& loc, int memfd, const keepalive::token& t) {
   void* p = mmap(nullptr, buffer_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, memfd, 0);
   if (p == MAP_FAILED) return fail(sc, "a_mmap");
@@ -243,6 +350,7 @@ int owner_a(const edu_location& loc, int memfd, const keepalive::token& t) {
   report(sc, "a_enter", rc_of(enter));
   if (const auto st = abi::keepalive_status(abi::linux_syscalls(), v.device()))
     report(sc, "a_domain_id", st->domain.value());
+  record_irte(loc, *reinterpret_cast<notes*>(buf + 4096));
   // The DMA that completes during the reboot: started last, ~100 ms to go.
   if (!v.start_dma(dma_iova + half, half, true, true)) return fail(sc, "a_dma_start");
   std::fflush(stdout);
@@ -312,6 +420,8 @@ int before() {
   luo::fd_req pr{sizeof(luo::fd_req), memfd, luo::memfd_token};
   report(sc, "luo_preserve", session < 0 ? session : ioctl(session, luo::preserve_fd, &pr) < 0 ? -errno : 0);
 
+  devmem mem;
+  const auto irta = live_irta();
   auto ctl = sys.open(VFIO_KEEPALIVE_CTL_PATH, O_RDWR);
   if (!ctl) return fail(sc, "ctl_open", rc_of(ctl));
   const auto row = listed(*ctl);
@@ -345,6 +455,12 @@ int before() {
   const auto cmd = sysfs_config_read(loc->bdf, pci_command, 2);
   report(sc, "p_bus_master", cmd && (*cmd & pci_command_master) ? 1 : 0);
   report(sc, "p_intx_disabled", cmd && (*cmd & 0x400) ? 1 : 0);
+  // Vectors released, the IRTE held at its index (PREPARE, ABORT, PREPARE).
+  if (const auto m = read_edu_msi(loc->bdf)) report(sc, "p_msi_disabled", m->enabled ? 0 : 1);
+  if (n->irte_index != no_irte && irta) {
+    const auto e = read_irte(mem, *irta, n->irte_index);
+    report(sc, "p_irte_held", e.present() && e.lo() == n->irte_lo && e.hi() == n->irte_hi ? 1 : 0);
+  }
 
   n->magic = notes_magic;
   n->did = row ? row->domain.value() : 0;
@@ -408,6 +524,24 @@ int after() {
   const auto pstatus = sysfs_config_read(loc->bdf, 0x06, 2);
   report(sc, "b_intx_latched", pstatus && (*pstatus & 0x8) ? 1 : 0);
 
+  // The IRTE adopted by this kernel's IR init, before anybody opens edu: the
+  // live table (IRTA) holds the first kernel's entry at the same index, and
+  // it is edu's only entry; edu's MSI is off (the entry is unreachable).
+  const auto irta = live_irta();
+  const auto edu_sid = bdf.source_id();
+  if (!irta || n.irte_index == no_irte) return fail(sc, "irte_notes");
+  report(sc, "b_irte_index", n.irte_index);
+  {
+    const auto e = read_irte(mem, *irta, n.irte_index);
+    report(sc, "b_irte_adopted_present", e.present() ? 1 : 0);
+    report(sc, "b_irte_adopted_sid", e.sid() == edu_sid ? 1 : 0);
+    report(sc, "b_irte_adopted_same", e.lo() == n.irte_lo && e.hi() == n.irte_hi ? 1 : 0);
+    const auto all = irtes_with_sid(mem, *irta, edu_sid);
+    report(sc, "b_irtes_for_edu", all.size());
+    const auto m = read_edu_msi(loc->bdf);
+    report(sc, "b_msi_off_before_open", m && !m->enabled ? 1 : 0);
+  }
+
   // The device still DMAs through the preserved tables (sysfs BAR, no owner):
   // the landed data back into edu, then out to the notes page.
   {
@@ -465,6 +599,33 @@ int after() {
   const std::uint64_t tsc_irq = __rdtsc();
   report(sc, "b_irq_delivered", got ? 1 : 0);
   v.bar0_write32(edu::reg_irq_ack, edu::irq_dma);
+  // SET_IRQS took the adopted index again: same handle, same message; the
+  // entry keeps edu's SID and is rewritten with this kernel's vector and
+  // destination (checked against debugfs, and by an MSI through it below).
+  if (const auto m = read_edu_msi(loc->bdf)) {
+    report(sc, "b_msi_enabled", m->enabled ? 1 : 0);
+    report(sc, "b_msi_same_message",
+           m->msg.address_lo == n.msi_addr_lo && m->msg.address_hi == n.msi_addr_hi && m->msg.data == n.msi_data
+               ? 1
+               : 0);
+    report(sc, "b_msi_irte_index", irte_index_of(m->msg));
+  }
+  {
+    const auto e = read_irte(mem, *irta, n.irte_index);
+    report(sc, "b_irte_reconnected_sid", e.present() && e.sid() == edu_sid ? 1 : 0);
+    report(sc, "b_irte_vector", e.vector().value());
+    report(sc, "b_irte_vector_was", hw::irte::from_words(n.irte_lo, n.irte_hi).vector().value());
+    unsigned dbg = 0;
+    std::ifstream in{"/sys/kernel/debug/iommu/intel/ir_translation_struct"};
+    for (std::string l; std::getline(in, l);) {
+      unsigned idx = 0, b = 0, d = 0, f = 0, dst = 0, vec = 0;
+      if (std::sscanf(l.c_str(), " %u %x:%x.%x %x %x", &idx, &b, &d, &f, &dst, &vec) == 6 && idx == n.irte_index)
+        dbg = vec == e.vector().value() && dst == e.dst() && ((b << 8) | (d << 3) | f) == edu_sid ? 1 : 2;
+    }
+    report(sc, "b_irte_debugfs_matches", dbg == 1 ? 1 : 0);
+    report(sc, "b_irtes_for_edu_after", irtes_with_sid(mem, *irta, edu_sid).size());
+  }
+  const std::uint64_t msi_count_before = vfio_msi_count(loc->bdf);
   const std::uint64_t per_ms = tsc_per_ms();
   if (per_ms && n.magic == notes_magic) {
     report(sc, "freeze_to_irq_ms", (tsc_irq - n.tsc_prepare) / per_ms);
@@ -515,6 +676,7 @@ int after() {
                            holds_pattern(buf + half, half, 2);
     report(sc, "b_roundtrip", roundtrip ? 1 : 0);
     report(sc, "b_roundtrip_irq", wait_eventfd(efd, 1000) ? 1 : 0);
+    report(sc, "b_msi_counted", vfio_msi_count(loc->bdf) > msi_count_before ? 1 : 0);
   }
   if (const auto st = abi::keepalive_status(sys, v.device())) report(sc, "b_dma_faults", st->dma_faults);
   report(sc, "b_leave_wrong_token",
@@ -535,11 +697,13 @@ int after() {
 //   the token and exits; PREPARE again; the image is corrupted through the
 //   test-only debugfs knob; kexec.
 // K2 (s2y): the image is refused: HANDOVER_REJECTED (EPROTO), nothing
-//   restored (generation 0, nothing listed), translation still on, Bus Master
-//   off, the token is ENOENT, the device opens as an ordinary one. Then A2
+//   restored (generation 0, nothing listed), translation still on, no IRTE
+//   with edu's SID adopted, Bus Master off, the token is ENOENT, the device
+//   opens as an ordinary one. Then A2
 //   keeps it alive again, PREPARE (valid), kexec.
-// K3 (s2z): RESTORED; RESET_DEVICE without any open releases it (EVENT_RESET,
-//   Bus Master off, not listed), the token is ENOENT, a plain open works.
+// K3 (s2z): RESTORED with its IRTE adopted; RESET_DEVICE without any open
+//   releases it (EVENT_RESET, Bus Master off, not listed, the IRTE freed), the
+//   token is ENOENT, a plain open works.
 int load_next(const char* initrd, const char* mode) {
   const std::string cmdline = next_cmdline(mode);
   const int kfd = open("/boot/bzImage", O_RDONLY | O_CLOEXEC);
@@ -669,6 +833,12 @@ int s2y_refused() {
   report(sc, "event_rejected_image", image_event);
   report(sc, "event_rejected_device", device_event);
   report(sc, "event_errno", err);
+  // The refused image carried an IRTE for edu: none was adopted.
+  {
+    devmem mem;
+    const auto irta = live_irta();
+    report(sc, "irtes_for_edu", irta ? irtes_with_sid(mem, *irta, bdf.source_id()).size() : 99u);
+  }
   if (const auto info = abi::get_info(sys, *ctl)) report(sc, "generation", info->generation);
   if (auto l = abi::list_devices(sys, *ctl)) report(sc, "listed", l->size());
   if (const auto base = dmar_base()) {
@@ -705,7 +875,12 @@ int s2z_reset() {
   if (const auto info = abi::get_info(sys, *ctl)) report(sc, "generation", info->generation);
   const auto before = sysfs_config_read(loc->bdf, pci_command, 2);
   report(sc, "bus_master_before", before && (*before & pci_command_master) ? 1 : 0);
+  // The adopted IRTE (A2's vector in K2) is held until the reset releases it.
+  devmem mem;
+  const auto irta = live_irta();
+  report(sc, "irtes_for_edu_before", irta ? irtes_with_sid(mem, *irta, bdf.source_id()).size() : 99u);
   report(sc, "reset", rc_of(abi::reset_device(sys, *ctl, bdf)));
+  report(sc, "irtes_for_edu_after", irta ? irtes_with_sid(mem, *irta, bdf.source_id()).size() : 99u);
   report(sc, "reset_again", rc_of(abi::reset_device(sys, *ctl, bdf)));
   if (auto l = abi::list_devices(sys, *ctl)) report(sc, "listed_after", l->size());
   int reset_event = 0;
