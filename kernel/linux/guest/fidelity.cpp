@@ -24,6 +24,7 @@
 #include <string>
 #include <vector>
 
+#include "devmem.hpp"
 #include "guest.hpp"
 #include "keepalive/abi/ops.hpp"
 #include "keepalive/hw/irte.hpp"
@@ -39,41 +40,7 @@ using keepalive::hpa;
 
 constexpr const char* debugfs = "/sys/kernel/debug/iommu/intel";
 
-// Guest physical memory through /dev/mem: a hw::readable_phys_memory.
-class devmem {
- public:
-  devmem() : fd_{open("/dev/mem", O_RDONLY | O_CLOEXEC)} {}
-  ~devmem() {
-    if (fd_ >= 0) close(fd_);
-  }
-  devmem(const devmem&) = delete;
-  devmem& operator=(const devmem&) = delete;
-  [[nodiscard]] bool ok() const { return fd_ >= 0; }
-  [[nodiscard]] std::uint64_t load64(hpa a) const {
-    std::uint64_t v = 0;
-    if (pread(fd_, &v, sizeof v, static_cast<off_t>(a.value())) != sizeof v) ++failures_;
-    return v;
-  }
-  [[nodiscard]] unsigned failures() const { return failures_; }
-
- private:
-  int fd_;
-  mutable unsigned failures_{0};
-};
 static_assert(hw::readable_phys_memory<devmem>);
-
-// MMIO registers of the DMAR unit, mapped from /dev/mem.
-std::optional<std::uint64_t> mmio_read64(std::uint64_t base, unsigned offset) {
-  const int fd = open("/dev/mem", O_RDONLY | O_SYNC | O_CLOEXEC);
-  if (fd < 0) return std::nullopt;
-  void* p = mmap(nullptr, 4096, PROT_READ, MAP_SHARED, fd, static_cast<off_t>(base));
-  close(fd);
-  if (p == MAP_FAILED) return std::nullopt;
-  const auto* regs = static_cast<const volatile std::uint32_t*>(p);
-  const std::uint64_t v = regs[offset / 4] | std::uint64_t{regs[offset / 4 + 1]} << 32;
-  munmap(p, 4096);
-  return v;
-}
 
 std::vector<std::string> lines_of(const std::string& path) {
   std::ifstream in{path};

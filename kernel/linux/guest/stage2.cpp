@@ -49,6 +49,7 @@
 #include <thread>
 #include <vector>
 
+#include "devmem.hpp"
 #include "guest.hpp"
 #include "keepalive/abi/ops.hpp"
 #include "keepalive/hw/irte.hpp"
@@ -145,42 +146,6 @@ class sysfs_bar0 {
  private:
   volatile std::uint32_t* regs_{nullptr};
 };
-
-class devmem {
- public:
-  devmem() : fd_{open("/dev/mem", O_RDWR | O_CLOEXEC)} {}
-  ~devmem() {
-    if (fd_ >= 0) close(fd_);
-  }
-  devmem(const devmem&) = delete;
-  devmem& operator=(const devmem&) = delete;
-  [[nodiscard]] bool ok() const { return fd_ >= 0; }
-  [[nodiscard]] std::uint64_t load64(hpa a) const {
-    std::uint64_t v = 0;
-    if (pread(fd_, &v, sizeof v, static_cast<off_t>(a.value())) != sizeof v) ++failures_;
-    return v;
-  }
-  bool read(std::uint64_t phys, void* out, std::size_t n) const {
-    return pread(fd_, out, n, static_cast<off_t>(phys)) == static_cast<ssize_t>(n);
-  }
-  [[nodiscard]] int fd() const { return fd_; }
-
- private:
-  int fd_;
-  mutable unsigned failures_{0};
-};
-
-std::optional<std::uint64_t> mmio_read64(std::uint64_t base, unsigned offset) {
-  const int fd = open("/dev/mem", O_RDONLY | O_SYNC | O_CLOEXEC);
-  if (fd < 0) return std::nullopt;
-  void* p = mmap(nullptr, 4096, PROT_READ, MAP_SHARED, fd, static_cast<off_t>(base));
-  close(fd);
-  if (p == MAP_FAILED) return std::nullopt;
-  const auto* regs = static_cast<const volatile std::uint32_t*>(p);
-  const std::uint64_t v = regs[offset / 4] | std::uint64_t{regs[offset / 4 + 1]} << 32;
-  munmap(p, 4096);
-  return v;
-}
 
 std::optional<std::uint64_t> dmar_base() {
   std::ifstream in{"/sys/kernel/debug/iommu/intel/iommu_regset"};
@@ -566,7 +531,7 @@ int after() {
   // the DMA lands in the same page (edu's buffer still holds pattern 1).
   sysfs_bar0 bar{loc->bdf};
   const std::vector<std::uint8_t> zeros(half, 0);
-  if (!bar.ok() || pwrite(mem.fd(), zeros.data(), half, static_cast<off_t>(dma_phys)) != static_cast<ssize_t>(half))
+  if (!bar.ok() || !mem.write(dma_phys, zeros.data(), half))
     return fail(sc, "b_attach_dma_setup");
   bar.start(dma_iova, half, true);
   vfio_edu v;
