@@ -10,6 +10,7 @@
 
 #include <fmt/format.h>
 
+#include "keepalive/types.hpp"
 #include "vfio_edu.hpp"
 
 namespace ka_guest {
@@ -28,6 +29,25 @@ int rc_of(const R& r) {
 inline int fail(std::string_view scenario, std::string_view key, int rc = -1) {
   report(scenario, fmt::format("{}_failed", key), rc);
   return 1;
+}
+
+// DMA payloads: byte i of pattern `seed`.
+inline std::uint8_t pattern(std::size_t i, unsigned seed) {
+  return static_cast<std::uint8_t>(i * 7 + seed * 31 + 0x5a);
+}
+inline void fill_pattern(std::uint8_t* p, std::size_t n, unsigned seed) {
+  for (std::size_t i = 0; i < n; ++i) p[i] = pattern(i, seed);
+}
+inline bool holds_pattern(const std::uint8_t* p, std::size_t n, unsigned seed) {
+  for (std::size_t i = 0; i < n; ++i)
+    if (p[i] != pattern(i, seed)) return false;
+  return true;
+}
+// A distinct, reproducible keepalive token per `first` (the same in both kernels of a kexec).
+inline keepalive::token make_token(std::uint8_t first) {
+  keepalive::token::bytes b{};
+  for (std::size_t i = 0; i < b.size(); ++i) b[i] = static_cast<std::uint8_t>(first + i * 17);
+  return keepalive::token{b};
 }
 
 // patched: the kernel has the keepalive patches (else: baseline expectations).

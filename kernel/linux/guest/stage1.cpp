@@ -34,21 +34,6 @@ constexpr std::size_t buffer_bytes = 4096;      // one page: source half, destin
 constexpr std::uint32_t half = edu::dma_max;
 constexpr std::uint32_t marker = 0x4b41ed00;    // written to the liveness register
 
-std::uint8_t pattern(std::size_t i, unsigned seed) { return static_cast<std::uint8_t>(i * 7 + seed * 31 + 0x5a); }
-void fill_pattern(std::uint8_t* p, std::size_t n, unsigned seed) {
-  for (std::size_t i = 0; i < n; ++i) p[i] = pattern(i, seed);
-}
-bool holds_pattern(const std::uint8_t* p, std::size_t n, unsigned seed) {
-  for (std::size_t i = 0; i < n; ++i)
-    if (p[i] != pattern(i, seed)) return false;
-  return true;
-}
-
-keepalive::token make_token(std::uint8_t first) {
-  keepalive::token::bytes b{};
-  for (std::size_t i = 0; i < b.size(); ++i) b[i] = static_cast<std::uint8_t>(first + i * 17);
-  return keepalive::token{b};
-}
 
 std::uint8_t* map_buffer(int memfd) {
   void* p = mmap(nullptr, buffer_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, memfd, 0);

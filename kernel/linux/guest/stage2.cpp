@@ -93,21 +93,6 @@ struct notes {
 };
 constexpr std::uint32_t no_irte = ~0u;
 
-std::uint8_t pattern(std::size_t i, unsigned seed) { return static_cast<std::uint8_t>(i * 13 + seed * 29 + 0x33); }
-void fill_pattern(std::uint8_t* p, std::size_t n, unsigned seed) {
-  for (std::size_t i = 0; i < n; ++i) p[i] = pattern(i, seed);
-}
-bool holds_pattern(const std::uint8_t* p, std::size_t n, unsigned seed) {
-  for (std::size_t i = 0; i < n; ++i)
-    if (p[i] != pattern(i, seed)) return false;
-  return true;
-}
-
-keepalive::token make_token(std::uint8_t first) {
-  keepalive::token::bytes b{};
-  for (std::size_t i = 0; i < b.size(); ++i) b[i] = static_cast<std::uint8_t>(first + i * 11);
-  return keepalive::token{b};
-}
 
 // edu's BAR0 through sysfs: usable while nobody owns the device.
 class sysfs_bar0 {
