@@ -3,9 +3,12 @@
 #pragma once
 
 #include <fcntl.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
 #include <string>
 
 #include <fmt/format.h>
@@ -29,6 +32,25 @@ int rc_of(const R& r) {
 inline int fail(std::string_view scenario, std::string_view key, int rc = -1) {
   report(scenario, fmt::format("{}_failed", key), rc);
   return 1;
+}
+
+// Runs body() in a forked child (a VMM that exits or dies with the device in
+// whatever state it left it) and reports "<scenario>.<who>_exit=<status>"
+// (128 + signal when killed). Returns that status.
+template <typename F>
+int run_child(std::string_view scenario, std::string_view who, F&& body) {
+  std::fflush(stdout);
+  const pid_t pid = fork();
+  if (pid == 0) {
+    const int rc = body();
+    std::fflush(stdout);
+    _exit(rc);
+  }
+  int st = 0;
+  waitpid(pid, &st, 0);
+  const int rc = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+  report(scenario, fmt::format("{}_exit", who), rc);
+  return rc;
 }
 
 // DMA payloads: byte i of pattern `seed`.

@@ -40,22 +40,6 @@ std::uint8_t* map_buffer(int memfd) {
   return p == MAP_FAILED ? nullptr : static_cast<std::uint8_t*>(p);
 }
 
-template <typename F>
-int run_child(const char* who, F&& body) {
-  std::fflush(stdout);
-  const pid_t pid = fork();
-  if (pid == 0) {
-    const int rc = body();
-    std::fflush(stdout);
-    _exit(rc);
-  }
-  int st = 0;
-  waitpid(pid, &st, 0);
-  const int rc = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-  report("stage1", std::string{who} + "_exit", rc);
-  return rc;
-}
-
 // ---- A: owns the device, arms keepalive, dies with a DMA in flight.
 int owner_a(const edu_location& loc, int memfd, const keepalive::token& t) {
   std::uint8_t* buf = map_buffer(memfd);
@@ -278,11 +262,11 @@ int run_stage1(bool patched, bool fidelity) {
   const keepalive::token wrong = make_token(0x12);
   report("stage1", "token", token.to_string());
 
-  run_child("a", [&] { return owner_a(*loc, memfd, token); });
+  run_child("stage1", "a", [&] { return owner_a(*loc, memfd, token); });
   observe_ownerless(*loc, buf, patched, fidelity);
-  run_child("b0", [&] { return intruder_b0(*loc, wrong, patched); });
+  run_child("stage1", "b0", [&] { return intruder_b0(*loc, wrong, patched); });
   if (patched) {
-    run_child("b1", [&] { return dying_b1(*loc, memfd, token); });
+    run_child("stage1", "b1", [&] { return dying_b1(*loc, memfd, token); });
     if (auto ctl = abi::linux_syscalls().open(VFIO_KEEPALIVE_CTL_PATH, O_RDWR)) {
       // B1's DMA completes ~100 ms after its death: latched again.
       std::vector<abi::device_entry> rows;
@@ -299,7 +283,7 @@ int run_stage1(bool patched, bool fidelity) {
     }
     report("stage1", "p1_dma_landed", holds_pattern(buf + half, half, 1) ? 1 : 0);
   }
-  run_child("b", [&] { return owner_b(*loc, memfd, token, patched); });
+  run_child("stage1", "b", [&] { return owner_b(*loc, memfd, token, patched); });
 
   if (patched) {
     if (auto ctl = abi::linux_syscalls().open(VFIO_KEEPALIVE_CTL_PATH, O_RDWR)) {

@@ -358,12 +358,7 @@ int before() {
   auto* n = reinterpret_cast<notes*>(buf + 4096);
 
   const keepalive::token token = make_token(0x21);
-  std::fflush(stdout);
-  const pid_t a = fork();
-  if (a == 0) _exit(owner_a(*loc, memfd, token));
-  int st = 0;
-  waitpid(a, &st, 0);
-  report(sc, "a_exit", WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st));
+  run_child(sc, "a", [&] { return owner_a(*loc, memfd, token); });
 
   // The VMM's RAM goes through LUO (memfd_luo): same pages after the kexec.
   const int session = luo::open_session(false);
@@ -675,12 +670,7 @@ int load_next(const char* initrd, const char* mode) {
 int keep_alive_a(const edu_location& loc, const keepalive::token& t) {
   const int memfd = memfd_create("ka-s2x", MFD_CLOEXEC);
   if (memfd < 0 || ftruncate(memfd, buffer_bytes) < 0) return fail(sc, "memfd");
-  std::fflush(stdout);
-  const pid_t a = fork();
-  if (a == 0) _exit(owner_a(loc, memfd, t));
-  int st = 0;
-  waitpid(a, &st, 0);
-  report(sc, "a_exit", WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st));
+  run_child(sc, "a", [&] { return owner_a(loc, memfd, t); });
   return 0;
 }
 

@@ -23,27 +23,6 @@ namespace {
 
 namespace abi = keepalive::abi;
 
-keepalive::token token3() {
-  keepalive::token::bytes b{};
-  for (std::size_t i = 0; i < b.size(); ++i) b[i] = static_cast<std::uint8_t>(0x30 + 3 * i);
-  return keepalive::token{b};
-}
-
-int child(const char* who, int (*body)(const edu_location&), const edu_location& loc) {
-  std::fflush(stdout);
-  const pid_t pid = fork();
-  if (pid == 0) {
-    const int rc = body(loc);
-    std::fflush(stdout);
-    _exit(rc);
-  }
-  int st = 0;
-  waitpid(pid, &st, 0);
-  const int rc = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-  report("unbind", std::string{who} + "_exit", rc);
-  return rc;
-}
-
 int owner_a4(const edu_location& loc) {
   void* page = mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
   vfio_edu v;
@@ -55,7 +34,7 @@ int owner_a4(const edu_location& loc) {
   const int efd = eventfd(0, EFD_CLOEXEC);
   if (int rc = v.set_msi_trigger(efd); rc) return fail("unbind", "a4_msi", rc);
   report("unbind", "a4_enter",
-         rc_of(abi::keepalive_enter(abi::linux_syscalls(), v.device(), token3(), {.allow_masking = true})));
+         rc_of(abi::keepalive_enter(abi::linux_syscalls(), v.device(), make_token(0x30), {.allow_masking = true})));
   std::fflush(stdout);
   _exit(0);
 }
@@ -93,7 +72,7 @@ int run_unbind() {
   }
   const std::string group_node = "/dev/vfio/" + std::to_string(loc->group);
 
-  child("a4", owner_a4, *loc);
+  run_child("unbind", "a4", [&] { return owner_a4(*loc); });
   if (auto rows = abi::list_devices(sys, *ctl); rows && rows->size() == 1)
     report("unbind", "state_before", static_cast<unsigned>((*rows)[0].state));
 
@@ -113,7 +92,7 @@ int run_unbind() {
   // driver_override is still vfio-pci: probing binds it again.
   write_sysfs("/sys/bus/pci/drivers_probe", loc->bdf);
   report("unbind", "rebound", exists("/sys/bus/pci/drivers/vfio-pci/" + loc->bdf) ? 1 : 0);
-  child("c2", opener_c2, *loc);
+  run_child("unbind", "c2", [&] { return opener_c2(*loc); });
   sys.close(*ctl);
   report("unbind", "done", 1);
   return 0;

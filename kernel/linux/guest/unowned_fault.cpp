@@ -27,27 +27,7 @@ namespace abi = keepalive::abi;
 
 constexpr std::uint64_t mapped_iova = 0x100000;
 constexpr std::uint64_t unmapped_iova = 0x300000;
-
-keepalive::token token2() {
-  keepalive::token::bytes b{};
-  for (std::size_t i = 0; i < b.size(); ++i) b[i] = static_cast<std::uint8_t>(0xa0 + i);
-  return keepalive::token{b};
-}
-
-int child(const char* who, int (*body)(const edu_location&), const edu_location& loc) {
-  std::fflush(stdout);
-  const pid_t pid = fork();
-  if (pid == 0) {
-    const int rc = body(loc);
-    std::fflush(stdout);
-    _exit(rc);
-  }
-  int st = 0;
-  waitpid(pid, &st, 0);
-  const int rc = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-  report("fault", std::string{who} + "_exit", rc);
-  return rc;
-}
+const keepalive::token a3_token = make_token(0xa0);
 
 int owner_a3(const edu_location& loc) {
   auto& sys = abi::linux_syscalls();
@@ -60,7 +40,7 @@ int owner_a3(const edu_location& loc) {
     return fail("fault", "a3_bus_master");
   const int efd = eventfd(0, EFD_CLOEXEC);
   if (int rc = v.set_msi_trigger(efd); rc) return fail("fault", "a3_msi", rc);
-  const auto enter = abi::keepalive_enter(sys, v.device(), token2(), {.allow_masking = true});
+  const auto enter = abi::keepalive_enter(sys, v.device(), a3_token, {.allow_masking = true});
   report("fault", "a3_enter", rc_of(enter));
   if (auto ctl = sys.open(VFIO_KEEPALIVE_CTL_PATH, O_RDWR)) {
     const auto r = abi::reset_device(sys, *ctl, *keepalive::bdf::parse(loc.bdf));
@@ -75,7 +55,7 @@ int owner_a3(const edu_location& loc) {
 int opener_c(const edu_location& loc) {
   vfio_edu v;
   if (int rc = v.open_group(loc); rc) return fail("fault", "c_open_group", rc);
-  report("fault", "c_open_with_old_token", v.get_device(abi::reclaim_name(*keepalive::bdf::parse(loc.bdf), token2())));
+  report("fault", "c_open_with_old_token", v.get_device(abi::reclaim_name(*keepalive::bdf::parse(loc.bdf), a3_token)));
   report("fault", "c_open_plain", v.get_device(loc.bdf));
   if (const auto st = abi::keepalive_status(abi::linux_syscalls(), v.device())) {
     report("fault", "c_state", static_cast<unsigned>(st->state));
@@ -96,7 +76,7 @@ int run_unowned_fault() {
   }
   const auto device = *keepalive::bdf::parse(loc->bdf);
 
-  child("a3", owner_a3, *loc);
+  run_child("fault", "a3", [&] { return owner_a3(*loc); });
 
   // The fault arrives ~100 ms after A3's exit, while the device is ownerless.
   std::optional<abi::event> fault;
@@ -130,7 +110,7 @@ int run_unowned_fault() {
   const auto cmd = sysfs_config_read(loc->bdf, pci_command, 2);
   report("fault", "bus_master_after_reset", cmd && (*cmd & pci_command_master) ? 1 : 0);
 
-  child("c", opener_c, *loc);
+  run_child("fault", "c", [&] { return opener_c(*loc); });
   sys.close(*ctl);
   report("fault", "done", 1);
   return 0;
