@@ -208,6 +208,9 @@ class kernel_core {
   std::optional<irte_index> alloc_irte();
   void free_irte(irte_index i);
   std::uint64_t* irte_slot(irte_index i) const;
+  // Atomic (cmpxchg16b) store, then the interrupt entry cache flush: as
+  // Linux's modify_irte(), no interrupt uses the old entry after it returns.
+  void set_irte(irte_index i, const hw::irte& e);
   void write_irte_remapped(vdev& d, vector_slot& s);
   void write_irte_posted(vdev& d, vector_slot& s);
   // A (host CPU, vector) for slot `index` of `d`, reusing the one it has.

@@ -181,8 +181,9 @@ void kernel_core::preserve_device(vdev& d) {
       s.pid.reset();
     } else if (s.state == posted || s.state == reconnected) {
       // The vCPU's descriptor dies with its VM: posting moves to a descriptor
-      // keepalive owns (SN set: record, notify nobody). IRTE first, then the
-      // bit already posted moves, so nothing lands behind the move.
+      // keepalive owns (SN set: record, notify nobody). IRTE first (its
+      // flush waits out any post that read the old entry), then the bit
+      // already posted moves, so nothing lands behind the move.
       auto& copy = kept[s.pid.get()];
       if (!copy) {
         copy = new_pid(s.pid->ndst, true);

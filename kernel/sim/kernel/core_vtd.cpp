@@ -109,8 +109,13 @@ std::uint64_t* kernel_core::irte_slot(irte_index i) const {
   return plat_.memory().word_ptr(ir_table_ + std::uint64_t{i.value()} * hw::irte_bytes);
 }
 
+void kernel_core::set_irte(irte_index i, const hw::irte& e) {
+  hw::irte_store_atomic(irte_slot(i), e);
+  plat_.vtd().invalidate_interrupt_entries();
+}
+
 void kernel_core::free_irte(irte_index i) {
-  hw::irte_store_atomic(irte_slot(i), hw::irte{});
+  set_irte(i, hw::irte{});
   irte_used_[i.value()] = false;
 }
 
@@ -122,8 +127,7 @@ void kernel_core::write_irte_remapped(vdev& d, vector_slot& s) {
   f.mode = hw::apic_mode::x2apic;
   f.sid = d.address.source_id();
   f.svt = hw::source_validation::sid_sq;
-  // Atomic (cmpxchg16b) as Linux modify_irte() does when switching formats.
-  hw::irte_store_atomic(irte_slot(s.irte), hw::make_remapped(f));
+  set_irte(s.irte, hw::make_remapped(f));  // switching formats: atomic, as modify_irte()
 }
 
 void kernel_core::write_irte_posted(vdev& d, vector_slot& s) {
@@ -133,7 +137,7 @@ void kernel_core::write_irte_posted(vdev& d, vector_slot& s) {
   f.descriptor = s.pid->addr;
   f.sid = d.address.source_id();
   f.svt = hw::source_validation::sid_sq;
-  hw::irte_store_atomic(irte_slot(s.irte), hw::make_posted(f));
+  set_irte(s.irte, hw::make_posted(f));
 }
 
 bool kernel_core::alloc_host_vector(vdev& d, unsigned index) {

@@ -321,6 +321,7 @@ void iommu::msi(std::uint16_t source_id, std::uint64_t address, std::uint32_t da
   if (!mem_.contains(slot, hw::irte_bytes))
     return record(ir_fault{source_id, index, ir_fault_reason::descriptor_outside_memory});
 
+  std::shared_lock in_flight{remapping_};
   const hw::irte e = hw::irte_load(mem_.word_ptr(slot));
   if (!e.present()) return record(ir_fault{source_id, index, ir_fault_reason::not_present});
   const hw::apic_mode mode = irta.mode();
@@ -331,6 +332,7 @@ void iommu::msi(std::uint16_t source_id, std::uint64_t address, std::uint32_t da
 
   if (!e.is_posted()) {
     ctr_.irq_remapped.fetch_add(1);
+    in_flight.unlock();
     deliver(e.destination(mode), e.vector());
     return;
   }
@@ -339,11 +341,14 @@ void iommu::msi(std::uint16_t source_id, std::uint64_t address, std::uint32_t da
     return record(ir_fault{source_id, index, ir_fault_reason::descriptor_outside_memory});
   auto* pid = reinterpret_cast<hw::posted_intr_desc*>(mem_.base() + pda.value());
   const hw::post_result r = pid->post(e.vector(), e.urgent());
+  in_flight.unlock();
   ctr_.irq_posted.fetch_add(1);
   if (r.notify) {
     ctr_.irq_notifications.fetch_add(1);
     deliver(r.control.destination(mode), r.control.nv());
   }
 }
+
+void iommu::invalidate_interrupt_entries() { std::unique_lock drain{remapping_}; }
 
 }  // namespace keepalive::sim

@@ -11,6 +11,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <shared_mutex>
 #include <span>
 #include <utility>
 #include <vector>
@@ -94,6 +95,14 @@ class iommu {
   // A device's MSI write (address/data from its MSI-X entry).
   void msi(std::uint16_t source_id, std::uint64_t address, std::uint32_t data);
 
+  // Interrupt entry cache invalidation (VT-d 6.5.2.7, what Linux's
+  // modify_irte() issues after every IRTE update): returns once every
+  // interrupt that read an IRTE before the call has finished remapping —
+  // posted into its descriptor's PIR, or handed on towards its CPU. An
+  // interrupt arriving later sees the new entry. So software may, after it,
+  // move what the old entry's descriptor holds without racing a late post.
+  void invalidate_interrupt_entries();
+
   [[nodiscard]] iommu_counters counters() const;
   [[nodiscard]] std::uint64_t dma_faults_for(std::uint16_t source_id) const;
   [[nodiscard]] std::vector<dma_fault> recent_dma_faults() const;  // last 64
@@ -116,6 +125,9 @@ class iommu {
   void deliver(apic_id dest, vector v);
 
   phys_memory& mem_;
+  // Held shared from an interrupt's IRTE lookup until its post (never across
+  // a delivery to a CPU); taken exclusively by invalidate_interrupt_entries().
+  std::shared_mutex remapping_;
   std::atomic<std::uint64_t> rtaddr_{0}, irta_{0};
   std::atomic<bool> posted_{true};
   struct atomic_counters {
