@@ -25,6 +25,7 @@ constexpr errc_row errc_table[] = {
     {errc::io, "EIO", "device failed"},
     {errc::fault, "EFAULT", "bad address"},
     {errc::bad_fd, "EBADF", "bad file descriptor"},
+    {errc::too_many_files, "EMFILE", "no file descriptor left"},
 };
 const errc_row* find_row(errc e) noexcept {
   for (const auto& row : errc_table)

@@ -29,6 +29,7 @@ enum class errc : int {
   io = EIO,                     // device failed
   fault = EFAULT,               // bad user pointer
   bad_fd = EBADF,               // fd not open / not of the right kind
+  too_many_files = EMFILE,      // no fd left for a returned file (GET_IOMMUFD)
 };
 
 // The errc for a raw errno; errc::io for one outside the contract.

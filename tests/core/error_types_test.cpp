@@ -13,7 +13,7 @@ TEST_CASE("errc is the errno of the uapi contract, one to one") {
   CHECK(static_cast<int>(errc::busy) == EBUSY);
   CHECK(static_cast<int>(errc::protocol) == EPROTO);
   for (int e : {ENOTTY, EINVAL, E2BIG, EOPNOTSUPP, EACCES, ENOENT, EBUSY, EOVERFLOW, ENOMEM, EAGAIN, EPROTO, EIO,
-                EFAULT, EBADF})
+                EFAULT, EBADF, EMFILE})
     CHECK(static_cast<int>(errc_from_errno(e)) == e);
   CHECK(errc_from_errno(EXDEV) == errc::io);  // outside the contract
   CHECK(errc_name(errc::access_denied) == "EACCES");
