@@ -41,6 +41,16 @@ result<device_status> keepalive_status(syscalls& sys, int device_fd) {
                        domain_id{static_cast<std::uint16_t>(req.out_domain_id)}, req.out_dma_faults};
 }
 
+result<int> keepalive_get_iommufd(syscalls& sys, int device_fd, const token& t) {
+  auto req = make_request<vfio_keepalive_iommufd>();
+  req.out_iommufd = -1;
+  put_token(req.token, t);
+  if (auto e = issue(sys, device_fd, VFIO_DEVICE_KEEPALIVE_GET_IOMMUFD, req); e != errc::ok)
+    return {e, "VFIO_DEVICE_KEEPALIVE_GET_IOMMUFD"};
+  if (req.out_iommufd < 0) return {errc::io, "VFIO_DEVICE_KEEPALIVE_GET_IOMMUFD: success without an fd"};
+  return req.out_iommufd;
+}
+
 result<host_info> get_info(syscalls& sys, int ctl_fd) {
   auto req = make_request<vfio_keepalive_info>();
   if (auto e = issue(sys, ctl_fd, VFIO_KEEPALIVE_GET_INFO, req); e != errc::ok)

@@ -313,13 +313,58 @@ expect P unbind.group_node_after == 0
 expect P unbind.rebound == 1
 expect P unbind.c2_open_plain == 0
 expect P unbind.c2_state == 0
-echo "-- cdev: the iommufd path takes the token the same way but does not offer keepalive"
-expect P cdev.bind_with_token == -2
-expect P cdev.bind == 0
-expect P cdev.ioas_alloc == 0
-expect P cdev.attach == 0
-expect P cdev.enter == -95
-expect P cdev.state == 0
+echo "-- cdev: stage 1 through the device cdev and iommufd: the binding and its context outlive the owner"
+expect P cdev.get_iommufd_running == -2
+expect P cdev.bind_with_token_running == -2
+expect P cdev.a_bind == 0
+expect P cdev.a_attach == 0
+expect P cdev.a_enter == 0
+expect P cdev.a_state == 1
+expect P cdev.a_exit == 0
+expect P cdev.p_state == 2
+expect P cdev.p_nr_pending '>=' 1
+expect P cdev.p_domain_same == 1
+expect P cdev.p_dma_landed == 1
+expect P cdev.p_bus_master == 1
+expect P cdev.b0_get_wrong_token == -13
+expect P cdev.b0_bind_no_token == -13
+expect P cdev.b0_bind_other_context == -16
+expect P cdev.b0_open_group == -16
+expect P cdev.b1_get_iommufd == 0
+expect P cdev.b1_bind == 0
+expect P cdev.b1_devid_same == 1
+expect P cdev.b1_attach == 0
+expect P cdev.b1_hwpt_same == 1
+expect P cdev.b1_irq_delivered == 1
+expect P cdev.b1_exit == 137
+expect P cdev.p1_state == 2
+expect P cdev.p1_nr_pending '>=' 1
+expect P cdev.p1_dma_landed == 1
+expect P cdev.b_get_iommufd == 0
+expect P cdev.b_bind == 0
+expect P cdev.b_devid_same == 1
+expect P cdev.b_attach == 0
+expect P cdev.b_hwpt_same == 1
+expect P cdev.b_change_process == 0
+expect P cdev.b_state == 3
+expect P cdev.b_domain_same == 1
+expect P cdev.b_dma_faults == 0
+expect P cdev.b_get_iommufd_owned == -16
+expect P cdev.b_marker_kept == 1
+expect P cdev.b_bus_master == 1
+expect P cdev.b_dma_landed == 1
+expect P cdev.b_irq_delivered == 1
+expect P cdev.b_roundtrip == 1
+expect P cdev.b_roundtrip_irq == 1
+expect P cdev.b_leave == 0
+expect P cdev.b_state_after_leave == 0
+expect P cdev.a2_enter == 0
+expect P cdev.r_state == 2
+expect P cdev.r_reset == 0
+expect P cdev.r_get_iommufd_after_reset == -2
+expect P cdev.r_open_group == 0
+expect P cdev.r_bind_fresh == 0
+expect P cdev.done == 1
 expect P dmesg.kernel_warnings == 0
 if [[ -n ${P[boot.debug_locks]:-} ]]; then expect P boot.debug_locks == 1; fi
 echo "-- fidelity: Linux's VT-d tables from /dev/mem vs debugfs (while the device is ownerless)"
@@ -517,6 +562,8 @@ printf '  freeze -> first interrupt %s ms, reboot -> userspace %s ms (TSC)\n' \
 
 stage1=pass
 for f in "${failures[@]}"; do if [[ $f == P:stage1.* || $f == P:dmesg.dmar_dma_faults_stage1 ]]; then stage1=fail; fi; done
+stage1_iommufd=pass
+for f in "${failures[@]}"; do if [[ $f == P:cdev.* ]]; then stage1_iommufd=fail; fi; done
 
 baseline_detects_loss=false
 if [[ -n $baseline ]]; then
@@ -556,8 +603,9 @@ if ((${#failures[@]})); then echo "-- FAILED: ${failures[*]}"; else echo "-- all
 ok=1
 ((${#failures[@]} == 0)) || ok=0
 [[ -z $baseline || $baseline_detects_loss == true ]] || ok=0
-printf '{"kernel":"%s","stage1":"%s","stage2":"%s","baseline_detects_loss":%s,' \
-    "${P[boot.kernel]:-}" "$stage1" "$stage2" "$([[ -n $baseline ]] && echo "$baseline_detects_loss" || echo null)"
+printf '{"kernel":"%s","stage1":"%s","stage2":"%s","baseline_detects_loss":%s,"stage1_iommufd":"%s",' \
+    "${P[boot.kernel]:-}" "$stage1" "$stage2" "$([[ -n $baseline ]] && echo "$baseline_detects_loss" || echo null)" \
+    "$stage1_iommufd"
 printf '"device_resets":%s,"dma_faults":%s,"irq_lost":%s,"fidelity_entries_checked":%s,' \
     "$device_resets" "$dma_faults" "$irq_lost" "$(num "${P[fidelity.entries_checked]:-}")"
 printf '"conformance_failed":%s,"conformance_passed":%s,"conformance_not_applicable":%s,' \

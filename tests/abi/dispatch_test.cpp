@@ -5,6 +5,7 @@
 
 #include <array>
 #include <cstring>
+#include <string_view>
 #include <vector>
 
 #include <keepalive/abi/dispatch.hpp>
@@ -25,10 +26,11 @@ errc echo(echo_ctx& c, T& v) {
   reinterpret_cast<unsigned char*>(&v)[sizeof(T) - 1] = 0xA5;
   return errc::ok;
 }
-constexpr std::array<ioctl_op<echo_ctx>, 8> table{
+constexpr std::array<ioctl_op<echo_ctx>, 9> table{
     make_op<echo_ctx, vfio_keepalive_enter, echo<vfio_keepalive_enter>>(VFIO_DEVICE_KEEPALIVE_ENTER, "enter"),
     make_op<echo_ctx, vfio_keepalive_leave, echo<vfio_keepalive_leave>>(VFIO_DEVICE_KEEPALIVE_LEAVE, "leave"),
     make_op<echo_ctx, vfio_keepalive_status, echo<vfio_keepalive_status>>(VFIO_DEVICE_KEEPALIVE_GET_STATUS, "status"),
+    make_op<echo_ctx, vfio_keepalive_iommufd, echo<vfio_keepalive_iommufd>>(VFIO_DEVICE_KEEPALIVE_GET_IOMMUFD, "iommufd"),
     make_op<echo_ctx, vfio_keepalive_info, echo<vfio_keepalive_info>>(VFIO_KEEPALIVE_GET_INFO, "info"),
     make_op<echo_ctx, vfio_keepalive_list, echo<vfio_keepalive_list>>(VFIO_KEEPALIVE_LIST_DEVICES, "list"),
     make_op<echo_ctx, vfio_keepalive_stage2, echo<vfio_keepalive_stage2>>(VFIO_KEEPALIVE_STAGE2_PREPARE, "prepare"),
@@ -113,11 +115,35 @@ TEST_CASE("reserved fields must be zero") {
   std::memcpy(b.data(), &enter, sizeof enter);
   CHECK(call(c, VFIO_DEVICE_KEEPALIVE_ENTER, b) == errc::ok);
 
+  auto iommufd = make_request<vfio_keepalive_iommufd>();
+  iommufd.token[0] = 1;
+  iommufd.__reserved = 1u << 31;
+  std::vector<std::byte> bf(sizeof iommufd);
+  std::memcpy(bf.data(), &iommufd, sizeof iommufd);
+  CHECK(call(c, VFIO_DEVICE_KEEPALIVE_GET_IOMMUFD, bf) == errc::invalid);
+  iommufd.__reserved = 0;
+  iommufd.out_iommufd = -1;  // an input value in an out_* field is not refused
+  std::memcpy(bf.data(), &iommufd, sizeof iommufd);
+  CHECK(call(c, VFIO_DEVICE_KEEPALIVE_GET_IOMMUFD, bf) == errc::ok);
+
   auto info = make_request<vfio_keepalive_info>();
   info.__reserved = 0x100;
   std::vector<std::byte> bi(sizeof info);
   std::memcpy(bi.data(), &info, sizeof info);
   CHECK(call(c, VFIO_KEEPALIVE_GET_INFO, bi) == errc::invalid);
+}
+
+TEST_CASE("GET_IOMMUFD traits follow the uapi: 32 bytes, every field mandatory, no flags") {
+  using tr = ioctl_traits<vfio_keepalive_iommufd>;
+  CHECK(tr::cmd == _IO(';', 0xC0 + 3));
+  CHECK(tr::min_size == 32);
+  CHECK(tr::known_flags == 0);
+  CHECK(std::string_view{tr::name} == "VFIO_DEVICE_KEEPALIVE_GET_IOMMUFD");
+  auto v = make_request<vfio_keepalive_iommufd>();
+  CHECK(v.size == 32);
+  CHECK(tr::reserved_zero(v));
+  v.__reserved = 1;
+  CHECK_FALSE(tr::reserved_zero(v));
 }
 
 TEST_CASE("copy_struct zero-extends a short user struct") {

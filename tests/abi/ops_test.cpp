@@ -3,7 +3,10 @@
 #include <doctest/doctest.h>
 
 #include <array>
+#include <cstddef>
 #include <cstring>
+#include <optional>
+#include <utility>
 #include <vector>
 
 #include <keepalive/abi/dispatch.hpp>
@@ -18,6 +21,8 @@ struct fake_kernel {
   std::uint32_t state = VFIO_KEEPALIVE_STATE_RUNNING;
   std::vector<vfio_keepalive_device_entry> devices;
   int list_calls = 0;
+  int parked_iommufd = -1;  // the context fd GET_IOMMUFD hands out; -1: not parked
+  token iommufd_token;      // the token GET_IOMMUFD was given
 };
 errc do_enter(fake_kernel& k, vfio_keepalive_enter& r) {
   if (k.state != VFIO_KEEPALIVE_STATE_RUNNING) return errc::busy;
@@ -45,9 +50,19 @@ errc do_list(fake_kernel& k, vfio_keepalive_list& r) {
   r.nr_entries = static_cast<__u32>(k.devices.size());
   return errc::ok;
 }
-constexpr std::array<ioctl_op<fake_kernel>, 3> table{
+errc do_get_iommufd(fake_kernel& k, vfio_keepalive_iommufd& r) {
+  token::bytes b{};
+  std::memcpy(b.data(), r.token, b.size());
+  k.iommufd_token = token{b};
+  if (k.parked_iommufd < 0) return errc::not_found;
+  if (k.iommufd_token != k.expected) return errc::access_denied;
+  r.out_iommufd = k.parked_iommufd;
+  return errc::ok;
+}
+constexpr std::array<ioctl_op<fake_kernel>, 4> table{
     make_op<fake_kernel, vfio_keepalive_enter, do_enter>(VFIO_DEVICE_KEEPALIVE_ENTER, "enter"),
     make_op<fake_kernel, vfio_keepalive_leave, do_leave>(VFIO_DEVICE_KEEPALIVE_LEAVE, "leave"),
+    make_op<fake_kernel, vfio_keepalive_iommufd, do_get_iommufd>(VFIO_DEVICE_KEEPALIVE_GET_IOMMUFD, "get_iommufd"),
     make_op<fake_kernel, vfio_keepalive_list, do_list>(VFIO_KEEPALIVE_LIST_DEVICES, "list"),
 };
 
@@ -86,6 +101,83 @@ TEST_CASE("enter/leave carry the token and decode the reply") {
         errc::access_denied);
   CHECK(keepalive_leave(sys, 3, t));
   CHECK(k.state == VFIO_KEEPALIVE_STATE_RUNNING);
+}
+
+namespace {
+// Answers every ioctl with `rc`, writing `out_fd` into out_iommufd when set;
+// keeps a copy of the last request.
+class scripted_syscalls final : public syscalls {
+ public:
+  long rc = 0;
+  std::optional<int> out_fd;
+  unsigned long last_cmd = 0;
+  vfio_keepalive_iommufd last{};
+  long ioctl(int, unsigned long cmd, void* arg) override {
+    last_cmd = cmd;
+    std::memcpy(&last, arg, sizeof last);
+    if (out_fd) std::memcpy(static_cast<std::byte*>(arg) + offsetof(vfio_keepalive_iommufd, out_iommufd), &*out_fd, 4);
+    return rc;
+  }
+  result<int> open(std::string_view, int) override { return 3; }
+  errc close(int) override { return errc::ok; }
+  result<std::size_t> pread(int, std::span<std::byte>, std::uint64_t) override { return {errc::io, "unused"}; }
+  result<std::size_t> pwrite(int, std::span<const std::byte>, std::uint64_t) override { return {errc::io, "unused"}; }
+};
+}  // namespace
+
+TEST_CASE("keepalive_get_iommufd returns the context fd the kernel hands out") {
+  fake_kernel k;
+  fake_syscalls sys{k};
+  const auto t = *token::parse("00112233-4455-6677-8899-aabbccddeeff");
+  REQUIRE(keepalive_enter(sys, 3, t));
+  k.parked_iommufd = 17;
+  auto fd = keepalive_get_iommufd(sys, 3, t);
+  REQUIRE(fd);
+  CHECK(*fd == 17);
+  CHECK(k.iommufd_token == t);
+  k.parked_iommufd = 0;  // fd 0 is a valid descriptor
+  CHECK(keepalive_get_iommufd(sys, 3, t).value() == 0);
+  const auto other = *token::parse("00112233-4455-6677-8899-aabbccddeef0");
+  auto denied = keepalive_get_iommufd(sys, 3, other);
+  CHECK(denied.code() == errc::access_denied);
+  CHECK(k.iommufd_token == other);
+  k.parked_iommufd = -1;
+  auto none = keepalive_get_iommufd(sys, 3, t);
+  CHECK(none.code() == errc::not_found);
+  CHECK(none.err().message() == "ENOENT (no such device or not in keepalive): VFIO_DEVICE_KEEPALIVE_GET_IOMMUFD");
+}
+
+TEST_CASE("keepalive_get_iommufd: the request as the uapi defines it, errnos with the ioctl name") {
+  scripted_syscalls sys;
+  const auto t = *token::parse("5a0c7e1f-3b2d-4c6e-9f80-a1b2c3d4e5f6");
+  sys.out_fd = 42;
+  auto fd = keepalive_get_iommufd(sys, 9, t);
+  REQUIRE(fd);
+  CHECK(*fd == 42);
+  CHECK(sys.last_cmd == VFIO_DEVICE_KEEPALIVE_GET_IOMMUFD);
+  CHECK(sys.last.size == sizeof(vfio_keepalive_iommufd));
+  CHECK(sys.last.flags == 0);
+  CHECK(sys.last.__reserved == 0);
+  CHECK(std::memcmp(sys.last.token, t.raw().data(), 16) == 0);
+
+  sys.out_fd.reset();
+  for (auto [e, code] : {std::pair{EBUSY, errc::busy}, std::pair{ENOENT, errc::not_found},
+                         std::pair{EACCES, errc::access_denied}, std::pair{EINVAL, errc::invalid},
+                         std::pair{E2BIG, errc::too_big}, std::pair{ENOTTY, errc::not_tty}}) {
+    CAPTURE(e);
+    sys.rc = -e;
+    auto r = keepalive_get_iommufd(sys, 9, t);
+    CHECK(r.code() == code);
+    CHECK(r.err().message().ends_with(": VFIO_DEVICE_KEEPALIVE_GET_IOMMUFD"));
+  }
+  sys.rc = -EMFILE;
+  auto emfile = keepalive_get_iommufd(sys, 9, t);
+  CHECK(emfile.code() == errc::too_many_files);
+  CHECK(emfile.err().message().ends_with(": VFIO_DEVICE_KEEPALIVE_GET_IOMMUFD"));
+  // Success that leaves out_iommufd unwritten is not an fd.
+  sys.rc = 0;
+  auto unwritten = keepalive_get_iommufd(sys, 9, t);
+  CHECK(unwritten.code() == errc::io);
 }
 
 TEST_CASE("list_devices grows its buffer on EOVERFLOW") {

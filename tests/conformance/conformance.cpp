@@ -25,6 +25,7 @@ const char* errno_name(long rc) {
     case EOVERFLOW: return "EOVERFLOW";
     case EFAULT: return "EFAULT";
     case EOPNOTSUPP: return "EOPNOTSUPP";
+    case EMFILE: return "EMFILE";
     default: return "other";
   }
 }
@@ -114,6 +115,16 @@ std::vector<check> run(abi::syscalls& sys, int dev, int ctl) {
   // Compare that pair separately: double enter is EBUSY.
   s.out.back() = {"ENTER: double enter (zero tail) is EBUSY", s.out.back().detail.find("EBUSY") != std::string::npos,
                   s.out.back().detail};
+  // GET_IOMMUFD answers by state before token: KEPT_ALIVE is EBUSY whatever the token.
+  auto iommufd = req<vfio_keepalive_iommufd>();
+  std::memset(iommufd.token, 0x5a, sizeof iommufd.token);
+  auto iommufd_wrong = iommufd;
+  iommufd_wrong.token[0] ^= 1;
+  s.expect("GET_IOMMUFD: KEPT_ALIVE is EBUSY",
+           s.issue(dev, VFIO_DEVICE_KEEPALIVE_GET_IOMMUFD, iommufd, sizeof iommufd, sizeof iommufd), -EBUSY);
+  s.expect("GET_IOMMUFD: KEPT_ALIVE with a wrong token is EBUSY",
+           s.issue(dev, VFIO_DEVICE_KEEPALIVE_GET_IOMMUFD, iommufd_wrong, sizeof iommufd_wrong, sizeof iommufd_wrong),
+           -EBUSY);
   auto leave = req<vfio_keepalive_leave>();
   std::memset(leave.token, 0x5a, sizeof leave.token);
   auto wrong = leave;
@@ -126,6 +137,14 @@ std::vector<check> run(abi::syscalls& sys, int dev, int ctl) {
   s.length("GET_STATUS", dev, VFIO_DEVICE_KEEPALIVE_GET_STATUS, status, {0});
   status.__reserved = 1;
   s.expect("GET_STATUS: __reserved != 0", s.issue(dev, VFIO_DEVICE_KEEPALIVE_GET_STATUS, status, sizeof status, sizeof status), -EINVAL);
+  // RUNNING: not parked anywhere, so a valid request (the token it entered with) is ENOENT.
+  s.length("GET_IOMMUFD", dev, VFIO_DEVICE_KEEPALIVE_GET_IOMMUFD, iommufd, {-ENOENT});
+  s.expect("GET_IOMMUFD: RUNNING with a wrong token is ENOENT",
+           s.issue(dev, VFIO_DEVICE_KEEPALIVE_GET_IOMMUFD, iommufd_wrong, sizeof iommufd_wrong, sizeof iommufd_wrong),
+           -ENOENT);
+  iommufd.__reserved = 1;
+  s.expect("GET_IOMMUFD: __reserved != 0",
+           s.issue(dev, VFIO_DEVICE_KEEPALIVE_GET_IOMMUFD, iommufd, sizeof iommufd, sizeof iommufd), -EINVAL);
 
   // Control node.
   auto info = req<vfio_keepalive_info>();

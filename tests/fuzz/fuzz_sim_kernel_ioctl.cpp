@@ -5,7 +5,7 @@
 // operations (sim_ops.hpp). Traps (findings): a crash or an access to memory
 // the kernel was not given (ASan/UBSan); a result that is neither >= 0 nor an
 // errno documented for that call; RESET_DEVICE succeeding on a device this
-// VMM holds; LIST_DEVICES breaking its contract; and, after each input, any
+// VMM holds; GET_IOMMUFD succeeding (the sim has no iommufd context); LIST_DEVICES breaking its contract; and, after each input, any
 // trace of the input left in the hardware (a context entry, an IRTE) or in
 // the kernel's page count.
 //
@@ -566,6 +566,11 @@ class session {
         return as_bytes(r);
       }
       case VFIO_DEVICE_KEEPALIVE_GET_STATUS: return as_bytes(abi::make_request<vfio_keepalive_status>());
+      case VFIO_DEVICE_KEEPALIVE_GET_IOMMUFD: {
+        auto r = abi::make_request<vfio_keepalive_iommufd>();
+        copy_token(r.token, tokens[sel % 3]);
+        return as_bytes(r);
+      }
       case VFIO_KEEPALIVE_GET_INFO: return as_bytes(abi::make_request<vfio_keepalive_info>());
       case VFIO_KEEPALIVE_LIST_DEVICES: {
         auto r = abi::make_request<vfio_keepalive_list>();
@@ -678,6 +683,8 @@ class session {
     const long rc = proc_->ioctl(fd, c.cmd, argp);
     if (trace) std::fprintf(stderr, "  %s(fd %d) = %ld\n", c.name, fd, rc);
     check(fd, c, rc);
+    if (rc >= 0 && c.cmd == VFIO_DEVICE_KEEPALIVE_GET_IOMMUFD)
+      finding("GET_IOMMUFD succeeded: the sim parks devices only through their group (uapi: ENOENT/EBUSY)");
     if (rc >= 0 && c.cmd == VFIO_GROUP_GET_DEVICE_FD) {
       if (fds_.count(static_cast<int>(rc))) finding("GET_DEVICE_FD returned an fd already in use");
       opened(static_cast<int>(rc), node::device);

@@ -49,10 +49,11 @@ constexpr abi::ioctl_op<fuzz_ctx> row(unsigned long cmd, const char* name) {
   return abi::make_op<fuzz_ctx, T, &handle<T>>(cmd, name);
 }
 
-constexpr std::array<abi::ioctl_op<fuzz_ctx>, 11> table{
+constexpr std::array<abi::ioctl_op<fuzz_ctx>, 12> table{
     row<vfio_keepalive_enter>(VFIO_DEVICE_KEEPALIVE_ENTER, "ENTER"),
     row<vfio_keepalive_leave>(VFIO_DEVICE_KEEPALIVE_LEAVE, "LEAVE"),
     row<vfio_keepalive_status>(VFIO_DEVICE_KEEPALIVE_GET_STATUS, "GET_STATUS"),
+    row<vfio_keepalive_iommufd>(VFIO_DEVICE_KEEPALIVE_GET_IOMMUFD, "GET_IOMMUFD"),
     row<vfio_keepalive_info>(VFIO_KEEPALIVE_GET_INFO, "GET_INFO"),
     row<vfio_keepalive_list>(VFIO_KEEPALIVE_LIST_DEVICES, "LIST_DEVICES"),
     row<vfio_keepalive_stage2>(VFIO_KEEPALIVE_STAGE2_PREPARE, "STAGE2_PREPARE"),
@@ -78,12 +79,14 @@ struct rule {
 };
 #define FIELD(T, m) field{offsetof(T, m), sizeof(T::m)}
 #define END(T, m) (offsetof(T, m) + sizeof(T::m))
-const std::array<rule, 11> rules{{
+const std::array<rule, 12> rules{{
     {VFIO_DEVICE_KEEPALIVE_ENTER, sizeof(vfio_keepalive_enter), END(vfio_keepalive_enter, __reserved2),
      VFIO_KEEPALIVE_ENTER_ALLOW_MASKING, {FIELD(vfio_keepalive_enter, __reserved), FIELD(vfio_keepalive_enter, __reserved2)}, 2},
     {VFIO_DEVICE_KEEPALIVE_LEAVE, sizeof(vfio_keepalive_leave), END(vfio_keepalive_leave, token), 0, {}, 0},
     {VFIO_DEVICE_KEEPALIVE_GET_STATUS, sizeof(vfio_keepalive_status), END(vfio_keepalive_status, out_dma_faults), 0,
      {FIELD(vfio_keepalive_status, __reserved)}, 1},
+    {VFIO_DEVICE_KEEPALIVE_GET_IOMMUFD, sizeof(vfio_keepalive_iommufd), END(vfio_keepalive_iommufd, __reserved), 0,
+     {FIELD(vfio_keepalive_iommufd, __reserved)}, 1},
     {VFIO_KEEPALIVE_GET_INFO, sizeof(vfio_keepalive_info), END(vfio_keepalive_info, out_generation), 0,
      {FIELD(vfio_keepalive_info, __reserved)}, 1},
     {VFIO_KEEPALIVE_LIST_DEVICES, sizeof(vfio_keepalive_list), END(vfio_keepalive_list, entries_uptr), 0,

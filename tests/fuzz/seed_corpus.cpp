@@ -174,21 +174,24 @@ void dispatch_seeds(const fs::path& dir) {
   std::memcpy(leave.token, tok.raw().data(), sizeof leave.token);
   dispatch_seed(dir, 1, "leave", leave);
   dispatch_seed(dir, 2, "status", abi::make_request<vfio_keepalive_status>());
-  dispatch_seed(dir, 3, "info", abi::make_request<vfio_keepalive_info>());
+  auto iommufd = abi::make_request<vfio_keepalive_iommufd>();
+  std::memcpy(iommufd.token, tok.raw().data(), sizeof iommufd.token);
+  dispatch_seed(dir, 3, "get-iommufd", iommufd);
+  dispatch_seed(dir, 4, "info", abi::make_request<vfio_keepalive_info>());
   auto list = abi::make_request<vfio_keepalive_list>();
   list.nr_entries = 4;
   list.entries_uptr = 0x7f0000001000;
-  dispatch_seed(dir, 4, "list", list);
-  dispatch_seed(dir, 5, "stage2-prepare", abi::make_request<vfio_keepalive_stage2>());
-  dispatch_seed(dir, 6, "stage2-abort", abi::make_request<vfio_keepalive_stage2>());
-  dispatch_seed(dir, 7, "event", abi::make_request<vfio_keepalive_event>());
+  dispatch_seed(dir, 5, "list", list);
+  dispatch_seed(dir, 6, "stage2-prepare", abi::make_request<vfio_keepalive_stage2>());
+  dispatch_seed(dir, 7, "stage2-abort", abi::make_request<vfio_keepalive_stage2>());
+  dispatch_seed(dir, 8, "event", abi::make_request<vfio_keepalive_event>());
   auto reset = abi::make_request<vfio_keepalive_reset>();
   reset.bdf = bdf{0, 0, 4, 0}.packed();
-  dispatch_seed(dir, 8, "reset", reset);
-  dispatch_seed(dir, 9, "sim-create-pid", abi::make_request<ka_sim_pid>());
+  dispatch_seed(dir, 9, "reset", reset);
+  dispatch_seed(dir, 10, "sim-create-pid", abi::make_request<ka_sim_pid>());
   auto bypass = abi::make_request<ka_sim_irq_bypass>();
   bypass.flags = KA_SIM_BYPASS_DISCONNECT;
-  dispatch_seed(dir, 10, "sim-irq-bypass", bypass);
+  dispatch_seed(dir, 11, "sim-irq-bypass", bypass);
   // Each rule broken once: a newer (longer) struct with a zero and a non-zero
   // tail, an older (shorter) one, an unknown flag, a reserved field set.
   struct longer {
@@ -201,13 +204,15 @@ void dispatch_seeds(const fs::path& dir) {
   dispatch_seed(dir, 2, "status-nonzero-tail", bad);
   auto shorter = abi::make_request<vfio_keepalive_info>();
   shorter.size = 12;
-  dispatch_seed(dir, 3, "info-short", shorter);
+  dispatch_seed(dir, 4, "info-short", shorter);
   auto flags = abi::make_request<vfio_keepalive_enter>();
   flags.flags = 2;
   dispatch_seed(dir, 0, "enter-unknown-flag", flags);
   auto reserved = abi::make_request<vfio_keepalive_reset>();
   reserved.__reserved = 1;
-  dispatch_seed(dir, 8, "reset-reserved", reserved);
+  dispatch_seed(dir, 9, "reset-reserved", reserved);
+  iommufd.__reserved = 1;
+  dispatch_seed(dir, 3, "get-iommufd-reserved", iommufd);
 }
 
 // ------------------------------------------------------------------ sim ioctl
@@ -225,8 +230,10 @@ void sim_seeds(const fs::path& dir, const std::vector<std::byte>& image) {
   {
     program p;
     vmm_setup(p);
+    p.ioctl(node::device, VFIO_DEVICE_KEEPALIVE_GET_IOMMUFD).templ(0);  // RUNNING: ENOENT
     p.ioctl(node::device, VFIO_DEVICE_KEEPALIVE_ENTER).templ(0);
     p.ioctl(node::device, VFIO_DEVICE_KEEPALIVE_GET_STATUS).templ(0);
+    p.ioctl(node::device, VFIO_DEVICE_KEEPALIVE_GET_IOMMUFD).templ(0);  // KEPT_ALIVE: EBUSY
     write(dir, "enter", p.bytes);
   }
   {
@@ -237,6 +244,7 @@ void sim_seeds(const fs::path& dir, const std::vector<std::byte>& image) {
     p.restart(1);
     p.msi(0);  // while nobody owns the device: held in the descriptor
     vmm_setup(p);  // reclaim: drained into the new owner's descriptor
+    p.ioctl(node::device, VFIO_DEVICE_KEEPALIVE_GET_IOMMUFD).templ(0);  // RECLAIMED: EBUSY
     p.ioctl(node::device, VFIO_DEVICE_KEEPALIVE_LEAVE).templ(0);
     p.ioctl(node::device, VFIO_DEVICE_KEEPALIVE_GET_STATUS).templ(0);
     write(dir, "stage1-restart-reclaim", p.bytes);

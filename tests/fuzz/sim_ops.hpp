@@ -35,7 +35,7 @@
 //   string    u8 length, bytes (NUL-terminated by the harness)
 //   vfio      sel u8, argsz XOR u16, n u8, n x (offset u8, XOR u8) patches
 //   sized     the same with `size` for `argsz`
-// `sel` picks the template: a token (ENTER/LEAVE; bit 7: ALLOW_MASKING), a
+// `sel` picks the template: a token (ENTER/LEAVE/GET_IOMMUFD; bit 7: ALLOW_MASKING), a
 // vector (SET_IRQS start/count, BYPASS index; bit 0: DISCONNECT), an index
 // (REGION/IRQ info), an IOVA in 2 MiB units (MAP/UNMAP), a device (RESET).
 #pragma once
@@ -70,7 +70,7 @@ struct command {
 };
 
 // Every ioctl the sim host serves, with the errnos its documentation allows.
-inline const std::array<command, 25> commands{{
+inline const std::array<command, 26> commands{{
     {VFIO_GET_API_VERSION, "VFIO_GET_API_VERSION", arg::none, node::container, {}},
     {VFIO_CHECK_EXTENSION, "VFIO_CHECK_EXTENSION", arg::integer, node::container, {}},
     {VFIO_SET_IOMMU, "VFIO_SET_IOMMU", arg::integer, node::container, {EINVAL, EBUSY}},
@@ -88,6 +88,7 @@ inline const std::array<command, 25> commands{{
     {VFIO_DEVICE_KEEPALIVE_ENTER, "VFIO_DEVICE_KEEPALIVE_ENTER", arg::sized, node::device, {EINVAL, E2BIG, EOPNOTSUPP, EBUSY, ENOMEM}},
     {VFIO_DEVICE_KEEPALIVE_LEAVE, "VFIO_DEVICE_KEEPALIVE_LEAVE", arg::sized, node::device, {EINVAL, E2BIG, EACCES, EBUSY}},
     {VFIO_DEVICE_KEEPALIVE_GET_STATUS, "VFIO_DEVICE_KEEPALIVE_GET_STATUS", arg::sized, node::device, {EINVAL, E2BIG}},
+    {VFIO_DEVICE_KEEPALIVE_GET_IOMMUFD, "VFIO_DEVICE_KEEPALIVE_GET_IOMMUFD", arg::sized, node::device, {EINVAL, E2BIG, ENOENT, EBUSY, EACCES, EMFILE}},
     {VFIO_KEEPALIVE_GET_INFO, "VFIO_KEEPALIVE_GET_INFO", arg::sized, node::control, {EINVAL, E2BIG}},
     {VFIO_KEEPALIVE_LIST_DEVICES, "VFIO_KEEPALIVE_LIST_DEVICES", arg::sized, node::control, {EINVAL, E2BIG, EOVERFLOW, EFAULT}},
     {VFIO_KEEPALIVE_STAGE2_PREPARE, "VFIO_KEEPALIVE_STAGE2_PREPARE", arg::sized, node::control, {EINVAL, E2BIG, EBUSY, ENOMEM}},

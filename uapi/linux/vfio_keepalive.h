@@ -40,6 +40,7 @@
  *  EPROTO      a handover image is corrupt, truncated or of an unknown
  *              version: it is refused as a whole, never half-applied
  *  EIO         the device failed (e.g. vanished after kexec); see the events
+ *  EMFILE      no file descriptor left for a file the ioctl returns
  *
  * DOC: Device lifecycle (every arc in prose in include/keepalive/fsm/device.hpp;
  * values are the uapi state numbers)
@@ -71,7 +72,9 @@
  * A device in keepalive is reopened only with its token, through VFIO's
  * existing conventions: the group path passes the device name as
  * "<bdf> vf_token=<uuid>" to VFIO_GROUP_GET_DEVICE_FD; the cdev path passes
- * the token to VFIO_DEVICE_BIND_IOMMUFD (VFIO_DEVICE_BIND_FLAG_TOKEN).
+ * the token to VFIO_DEVICE_BIND_IOMMUFD (VFIO_DEVICE_BIND_FLAG_TOKEN), binding
+ * to the iommufd context the device was parked in, which it first obtains with
+ * VFIO_DEVICE_KEEPALIVE_GET_IOMMUFD (below).
  * Missing or wrong token -> EACCES, nothing changes. A device that is not in
  * keepalive opened with a keepalive token -> ENOENT. The reopened device is
  * RECLAIMED: its vectors are re-attached when the new owner sets them up
@@ -186,6 +189,43 @@ struct vfio_keepalive_status {
 	__aligned_u64 out_dma_faults;
 };
 #define VFIO_DEVICE_KEEPALIVE_GET_STATUS _IO(VFIO_KEEPALIVE_TYPE, VFIO_KEEPALIVE_BASE + 2)
+
+/**
+ * struct vfio_keepalive_iommufd - VFIO_DEVICE_KEEPALIVE_GET_IOMMUFD
+ * @size: sizeof(struct vfio_keepalive_iommufd)
+ * @flags: must be 0
+ * @token: the token given at enter
+ * @out_iommufd: a new file descriptor (O_CLOEXEC) for the iommufd context the
+ *               device is parked in
+ * @__reserved: must be 0
+ *
+ * The cdev/iommufd counterpart of the group path's parked container. A device
+ * that entered keepalive while bound to an iommufd context
+ * (VFIO_DEVICE_BIND_IOMMUFD + VFIO_DEVICE_ATTACH_IOMMUFD_PT) stays bound and
+ * attached when its owner closes it: the context - IOAS, HWPT, the IOMMU
+ * domain with its tables and domain ID, the pinned pages - outlives every
+ * file descriptor, held only by the parked binding. The next owner opens the
+ * device's cdev and, before binding, asks for that context with the token
+ * (the only keepalive ioctl a cdev fd accepts before VFIO_DEVICE_BIND_IOMMUFD).
+ * It then binds to it (VFIO_DEVICE_BIND_IOMMUFD with this fd and the token:
+ * the same out_devid), attaches to the same IOAS or HWPT (a no-op that
+ * returns the same HWPT) and takes the mappings over with
+ * IOMMU_IOAS_CHANGE_PROCESS: nothing is unmapped or re-mapped. Binding a
+ * parked device to any other context is EBUSY. The fd is the context: whoever
+ * holds it can change the mappings, hence the token. Never changes state.
+ * Errors: EINVAL, E2BIG, ENOENT (not parked in an iommufd context: RUNNING,
+ * parked through its group, or RESTORED - no iommufd context survives a
+ * kexec; such a device is reclaimed through its group), EBUSY (KEPT_ALIVE,
+ * RECLAIMED, FROZEN, ERROR), EACCES (wrong token), EMFILE.
+ */
+struct vfio_keepalive_iommufd {
+	__u32 size;
+	__u32 flags;
+	__u8 token[VFIO_KEEPALIVE_TOKEN_SIZE];
+	__s32 out_iommufd;
+	__u32 __reserved;
+};
+#define VFIO_DEVICE_KEEPALIVE_GET_IOMMUFD _IO(VFIO_KEEPALIVE_TYPE, VFIO_KEEPALIVE_BASE + 3)
 
 /* ---------------------------------------------------------------------------
  * Control node ioctls (VFIO_KEEPALIVE_CTL_PATH, CAP_SYS_ADMIN)

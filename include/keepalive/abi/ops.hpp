@@ -61,6 +61,9 @@ struct event {
 result<enter_reply> keepalive_enter(syscalls& sys, int device_fd, const token& t, enter_options opt = {});
 status keepalive_leave(syscalls& sys, int device_fd, const token& t);
 result<device_status> keepalive_status(syscalls& sys, int device_fd);
+// The iommufd context a device parked through its cdev is held in: a new fd
+// (O_CLOEXEC) the caller owns. ENOENT when it is not parked in one.
+result<int> keepalive_get_iommufd(syscalls& sys, int device_fd, const token& t);
 
 // Control node.
 result<host_info> get_info(syscalls& sys, int ctl_fd);

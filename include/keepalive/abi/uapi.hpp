@@ -23,6 +23,10 @@ static_assert(offsetof(vfio_keepalive_enter, out_nr_vectors) == 32);
 static_assert(sizeof(vfio_keepalive_leave) == 24);
 static_assert(sizeof(vfio_keepalive_status) == 40);
 static_assert(offsetof(vfio_keepalive_status, out_dma_faults) == 32);
+static_assert(sizeof(vfio_keepalive_iommufd) == 32);
+static_assert(offsetof(vfio_keepalive_iommufd, token) == 8);
+static_assert(offsetof(vfio_keepalive_iommufd, out_iommufd) == 24);
+static_assert(offsetof(vfio_keepalive_iommufd, __reserved) == 28);
 static_assert(sizeof(vfio_keepalive_info) == 32);
 static_assert(offsetof(vfio_keepalive_info, out_generation) == 24);
 static_assert(sizeof(vfio_keepalive_device_entry) == 24);
@@ -55,6 +59,8 @@ KEEPALIVE_IOCTL_TRAITS(vfio_keepalive_leave, VFIO_DEVICE_KEEPALIVE_LEAVE,
                        KEEPALIVE_OFFSETOFEND(vfio_keepalive_leave, token), 0u, ((void)v, true))
 KEEPALIVE_IOCTL_TRAITS(vfio_keepalive_status, VFIO_DEVICE_KEEPALIVE_GET_STATUS,
                        KEEPALIVE_OFFSETOFEND(vfio_keepalive_status, out_dma_faults), 0u, v.__reserved == 0)
+KEEPALIVE_IOCTL_TRAITS(vfio_keepalive_iommufd, VFIO_DEVICE_KEEPALIVE_GET_IOMMUFD,
+                       KEEPALIVE_OFFSETOFEND(vfio_keepalive_iommufd, __reserved), 0u, v.__reserved == 0)
 KEEPALIVE_IOCTL_TRAITS(vfio_keepalive_info, VFIO_KEEPALIVE_GET_INFO,
                        KEEPALIVE_OFFSETOFEND(vfio_keepalive_info, out_generation), 0u, v.__reserved == 0)
 KEEPALIVE_IOCTL_TRAITS(vfio_keepalive_list, VFIO_KEEPALIVE_LIST_DEVICES,
@@ -79,8 +85,9 @@ concept uapi_struct = requires(T v) {
 };
 
 static_assert(uapi_struct<vfio_keepalive_enter> && uapi_struct<vfio_keepalive_leave> &&
-              uapi_struct<vfio_keepalive_status> && uapi_struct<vfio_keepalive_info> &&
-              uapi_struct<vfio_keepalive_list> && uapi_struct<vfio_keepalive_stage2> &&
+              uapi_struct<vfio_keepalive_status> && uapi_struct<vfio_keepalive_iommufd> &&
+              uapi_struct<vfio_keepalive_info> && uapi_struct<vfio_keepalive_list> &&
+              uapi_struct<vfio_keepalive_stage2> &&
               uapi_struct<vfio_keepalive_event> && uapi_struct<vfio_keepalive_reset>);
 
 // A request initialised the way a caller must: size set, everything else zero.

@@ -89,6 +89,65 @@ int vfio_edu::get_device(const std::string& name) {
   const int fd = ioctl(group_, VFIO_GROUP_GET_DEVICE_FD, name.c_str());
   if (fd < 0) return neg_errno();
   device_ = fd;
+  return load_regions();
+}
+
+namespace {
+// Linux 7.3's include/uapi/linux/vfio.h (Debian 12's headers predate the cdev).
+struct vfio_device_bind_iommufd_73 {
+  __u32 argsz;
+  __u32 flags;
+  __s32 iommufd;
+  __u32 out_devid;
+  __aligned_u64 token_uuid_ptr;
+};
+constexpr std::uint32_t bind_flag_token = 1u << 0;
+constexpr unsigned long vfio_device_bind_iommufd = _IO(VFIO_TYPE, VFIO_BASE + 18);
+struct vfio_device_attach_iommufd_pt_73 {
+  __u32 argsz;
+  __u32 flags;
+  __u32 pt_id;
+  __u32 pasid;
+};
+constexpr unsigned long vfio_device_attach_iommufd_pt = _IO(VFIO_TYPE, VFIO_BASE + 19);
+}  // namespace
+
+int vfio_edu::open_cdev(const edu_location& loc) {
+  const std::string dir = "/sys/bus/pci/devices/" + loc.bdf + "/vfio-dev";
+  DIR* d = opendir(dir.c_str());
+  if (!d) return neg_errno();
+  std::string node;
+  while (dirent* e = readdir(d))
+    if (std::string{e->d_name}.rfind("vfio", 0) == 0) node = "/dev/vfio/devices/" + std::string{e->d_name};
+  closedir(d);
+  if (node.empty()) return -ENOENT;
+  device_ = open(node.c_str(), O_RDWR | O_CLOEXEC);
+  return device_ < 0 ? neg_errno() : 0;
+}
+
+int vfio_edu::bind_iommufd(int iommufd, const std::uint8_t* token, std::uint32_t& devid) {
+  vfio_device_bind_iommufd_73 b{};
+  b.argsz = sizeof b;
+  b.iommufd = iommufd;
+  if (token) {
+    b.flags = bind_flag_token;
+    b.token_uuid_ptr = reinterpret_cast<std::uintptr_t>(token);
+  }
+  if (ioctl(device_, vfio_device_bind_iommufd, &b) < 0) return neg_errno();
+  devid = b.out_devid;
+  return load_regions();
+}
+
+int vfio_edu::attach_pt(std::uint32_t& pt_id) {
+  vfio_device_attach_iommufd_pt_73 a{};
+  a.argsz = sizeof a;
+  a.pt_id = pt_id;
+  if (ioctl(device_, vfio_device_attach_iommufd_pt, &a) < 0) return neg_errno();
+  pt_id = a.pt_id;
+  return 0;
+}
+
+int vfio_edu::load_regions() {
   for (std::uint32_t index : {std::uint32_t{VFIO_PCI_BAR0_REGION_INDEX}, std::uint32_t{VFIO_PCI_CONFIG_REGION_INDEX}}) {
     vfio_region_info r{};
     r.argsz = sizeof r;

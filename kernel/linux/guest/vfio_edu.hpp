@@ -66,6 +66,14 @@ class vfio_edu {
   int open_group(const edu_location& loc);
   // VFIO_GROUP_GET_DEVICE_FD with `name` (the bdf, optionally " vf_token=...").
   int get_device(const std::string& name);
+  // The cdev/iommufd path instead: opens /dev/vfio/devices/vfioN (not bound:
+  // only BIND and the keepalive GET_IOMMUFD are accepted), then
+  // VFIO_DEVICE_BIND_IOMMUFD to `iommufd` (with a 16-byte token if given;
+  // devid out) and VFIO_DEVICE_ATTACH_IOMMUFD_PT (pt_id in: IOAS or HWPT; out:
+  // HWPT). -errno.
+  int open_cdev(const edu_location& loc);
+  int bind_iommufd(int iommufd, const std::uint8_t* token, std::uint32_t& devid);
+  int attach_pt(std::uint32_t& pt_id);
   int container() const { return container_; }
   int group() const { return group_; }
   int device() const { return device_; }
@@ -90,6 +98,7 @@ class vfio_edu {
   bool wait_dma(int timeout_ms) const;
 
  private:
+  int load_regions();
   int container_{-1};
   int group_{-1};
   int device_{-1};

@@ -64,6 +64,8 @@
 //                              array (one file per distinct eventfd); -1 stays.
 //   KA_SIM_IRQ_BYPASS.irqfd    >= 0: index 0 of the SCM_RIGHTS array.
 //                              (device_fd is a sim fd number: unchanged.)
+//   (VFIO_DEVICE_KEEPALIVE_GET_IOMMUFD.out_iommufd would be a sim fd number:
+//                              unchanged; the sim has no iommufd, never set.)
 //   VFIO_KEEPALIVE_LIST_DEVICES entries_uptr: the daemon calls with its own
 //                              array of min(nr_entries, max_list_entries)
 //                              rows; the reply payload is the struct followed

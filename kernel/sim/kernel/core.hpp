@@ -185,6 +185,9 @@ class kernel_core {
   result<std::size_t> rw(int pid, int fd, std::span<std::byte> buf, std::uint64_t offset, bool write);
   void exit_process(int pid);
 
+  // GET_IOMMUFD: only the state decides (static: tests reach states no device fd is open in).
+  static errc ka_get_iommufd(const vdev& d, vfio_keepalive_iommufd& r);
+
   bool on_interrupt(apic_id cpu, vector v);
   kernel_stats stats() const;
   std::string describe() const;
@@ -260,6 +263,7 @@ class kernel_core {
   static errc op_enter(dev_ctx& c, vfio_keepalive_enter& r) { return c.k.ka_enter(c.d, r); }
   static errc op_leave(dev_ctx& c, vfio_keepalive_leave& r) { return c.k.ka_leave(c.d, r); }
   static errc op_status(dev_ctx& c, vfio_keepalive_status& r) { return c.k.ka_status(c.d, r); }
+  static errc op_get_iommufd(dev_ctx& c, vfio_keepalive_iommufd& r) { return ka_get_iommufd(c.d, r); }
   static errc op_create_pid(vm_ctx& c, ka_sim_pid& r);
   static errc op_bypass(vm_ctx& c, ka_sim_irq_bypass& r);
   static errc op_info(ctl_ctx& c, vfio_keepalive_info& r) { return c.k.ka_info(r); }

@@ -298,6 +298,21 @@ errc kernel_core::ka_status(vdev& d, vfio_keepalive_status& r) {
   return errc::ok;
 }
 
+errc kernel_core::ka_get_iommufd(const vdev& d, vfio_keepalive_iommufd&) {
+  using enum fsm::device_state;
+  // The sim has no iommufd, so OWNERLESS (always parked through its group) is ENOENT.
+  switch (d.state) {
+    case running:
+    case ownerless:
+    case restored: return errc::not_found;
+    case kept_alive:
+    case reclaimed:
+    case frozen:
+    case error: return errc::busy;
+  }
+  return errc::busy;
+}
+
 // ------------------------------------------------------------ control node
 
 long kernel_core::control_ioctl(file&, unsigned long cmd, void* arg) {

@@ -486,10 +486,11 @@ long kernel_core::device_ioctl(file& f, unsigned long cmd, void* arg) {
   }
   if (cfg_.mode == kernel_mode::baseline) return neg(errc::not_tty);
   dev_ctx ctx{*this, d};
-  static constexpr std::array<abi::ioctl_op<dev_ctx>, 3> ops{
+  static constexpr std::array<abi::ioctl_op<dev_ctx>, 4> ops{
       abi::make_op<dev_ctx, vfio_keepalive_enter, &kernel_core::op_enter>(VFIO_DEVICE_KEEPALIVE_ENTER, "ENTER"),
       abi::make_op<dev_ctx, vfio_keepalive_leave, &kernel_core::op_leave>(VFIO_DEVICE_KEEPALIVE_LEAVE, "LEAVE"),
       abi::make_op<dev_ctx, vfio_keepalive_status, &kernel_core::op_status>(VFIO_DEVICE_KEEPALIVE_GET_STATUS, "GET_STATUS"),
+      abi::make_op<dev_ctx, vfio_keepalive_iommufd, &kernel_core::op_get_iommufd>(VFIO_DEVICE_KEEPALIVE_GET_IOMMUFD, "GET_IOMMUFD"),
   };
   return dispatch_user(std::span<const abi::ioctl_op<dev_ctx>>{ops}, ctx, cmd, arg);
 }

@@ -121,6 +121,8 @@ class vmm {
   // Restart: reclaim with the token (or open plainly when token is empty),
   // reconnect the vector, drain, leave keepalive.
   status reclaim(const std::optional<token>& t);
+  // Reclaim and stop there: the device is RECLAIMED until leave_keepalive().
+  status reopen(const token& t) { return flow_.open_device(t); }
   result<abi::enter_reply> enter_keepalive(const token& t) { return abi::keepalive_enter(*proc_, flow_.device_fd(), t); }
   status leave_keepalive(const token& t) { return abi::keepalive_leave(*proc_, flow_.device_fd(), t); }
   void exit();  // the process dies (closes everything, like SIGKILL)
