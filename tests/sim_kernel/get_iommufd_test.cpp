@@ -45,6 +45,17 @@ void check_every_token(abi::syscalls& sys, int fd, errc want, abi::device_state 
   }
   CHECK(abi::keepalive_status(sys, fd)->state == state);
 }
+
+// The next owner reclaims through the group (RECLAIMED: EBUSY) and leaves
+// keepalive (RUNNING: ENOENT).
+void reclaim_and_leave(host_fixture& h) {
+  vmm b{*h.k, "vmm-b", *h.g, h.layout, h.ram, nic0};
+  REQUIRE(b.reopen(tok));
+  check_every_token(b.sys(), b.device_fd(), errc::busy, abi::device_state::reclaimed);
+  REQUIRE(b.leave_keepalive(tok));
+  check_every_token(b.sys(), b.device_fd(), errc::not_found, abi::device_state::running);
+}
+
 }  // namespace
 
 TEST_CASE("GET_IOMMUFD through the device fd: RUNNING ENOENT, KEPT_ALIVE and RECLAIMED EBUSY, whatever the token") {
@@ -59,11 +70,7 @@ TEST_CASE("GET_IOMMUFD through the device fd: RUNNING ENOENT, KEPT_ALIVE and REC
   a.reset();
 
   // OWNERLESS now: parked through its group, so reclaimed through the group.
-  vmm b{*h.k, "vmm-b", *h.g, h.layout, h.ram, nic0};
-  REQUIRE(b.reopen(tok));
-  check_every_token(b.sys(), b.device_fd(), errc::busy, abi::device_state::reclaimed);
-  REQUIRE(b.leave_keepalive(tok));
-  check_every_token(b.sys(), b.device_fd(), errc::not_found, abi::device_state::running);
+  reclaim_and_leave(h);
 }
 
 TEST_CASE("GET_IOMMUFD: the dispatch rules come before the state") {
@@ -144,11 +151,7 @@ TEST_CASE("GET_IOMMUFD after a kexec: the RESTORED device is reclaimed through i
     REQUIRE(rows->size() == 1);
     CHECK((*rows)[0].state == abi::device_state::restored);
   }
-  vmm b{*h.k, "vmm-b", *h.g, h.layout, h.ram, nic0};
-  REQUIRE(b.reopen(tok));
-  check_every_token(b.sys(), b.device_fd(), errc::busy, abi::device_state::reclaimed);
-  REQUIRE(b.leave_keepalive(tok));
-  check_every_token(b.sys(), b.device_fd(), errc::not_found, abi::device_state::running);
+  reclaim_and_leave(h);
 }
 
 TEST_CASE("GET_IOMMUFD on the baseline kernel is ENOTTY") {

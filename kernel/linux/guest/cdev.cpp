@@ -17,8 +17,6 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-#include <csignal>
-
 #include <cerrno>
 #include <chrono>
 #include <cstring>
@@ -184,15 +182,7 @@ int dying_b1(const edu_location& loc, int memfd, const keepalive::token& t, cons
   std::uint8_t* buf = map_buffer(memfd);
   vfio_edu v;
   if (!buf || reclaim(v, loc, t, facts, "b1") < 0) return 1;
-  const int efd = eventfd(0, EFD_CLOEXEC);
-  report("cdev", "b1_set_msi", v.set_msi_trigger(efd));
-  report("cdev", "b1_irq_delivered", wait_eventfd(efd, 1000) ? 1 : 0);
-  v.bar0_write32(edu::reg_irq_ack, edu::irq_dma);
-  std::memset(buf + half, 0, half);
-  if (!v.start_dma(dma_iova + half, half, true, true)) return fail("cdev", "b1_dma_start");
-  std::fflush(stdout);
-  kill(getpid(), SIGKILL);
-  return 1;
+  take_irq_and_die_mid_dma("cdev", "b1", v, buf + half, dma_iova + half);
 }
 
 // ---- B: the new owner.

@@ -9,6 +9,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
+#include <fstream>
 #include <string>
 
 #include <fmt/format.h>
@@ -65,12 +66,26 @@ inline bool holds_pattern(const std::uint8_t* p, std::size_t n, unsigned seed) {
     if (p[i] != pattern(i, seed)) return false;
   return true;
 }
+// Writes a sysfs/debugfs attribute; false if it could not be written.
+inline bool write_sysfs(const std::string& path, const std::string& value) {
+  std::ofstream out{path};
+  out << value;
+  out.flush();
+  return static_cast<bool>(out);
+}
+
 // A distinct, reproducible keepalive token per `first` (the same in both kernels of a kexec).
 inline keepalive::token make_token(std::uint8_t first) {
   keepalive::token::bytes b{};
   for (std::size_t i = 0; i < b.size(); ++i) b[i] = static_cast<std::uint8_t>(first + i * 17);
   return keepalive::token{b};
 }
+
+// A new owner dying before LEAVE: it takes the interrupt latched for it,
+// starts a DMA with an interrupt into `dst` (cleared first, at `dst_iova`)
+// and is killed. Reports "<who>_set_msi" and "<who>_irq_delivered".
+[[noreturn]] void take_irq_and_die_mid_dma(std::string_view scenario, std::string_view who, const vfio_edu& v,
+                                           std::uint8_t* dst, std::uint64_t dst_iova);
 
 // patched: the kernel has the keepalive patches (else: baseline expectations).
 int run_stage1(bool patched, bool fidelity);

@@ -11,8 +11,6 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <csignal>
-
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
@@ -106,15 +104,7 @@ int dying_b1(const edu_location& loc, int memfd, const keepalive::token& t) {
     report("stage1", "b1_state", static_cast<unsigned>(st->state));
     report("stage1", "b1_nr_pending", st->nr_pending);
   }
-  const int efd = eventfd(0, EFD_CLOEXEC);
-  report("stage1", "b1_set_msi", v.set_msi_trigger(efd));
-  report("stage1", "b1_irq_delivered", wait_eventfd(efd, 1000) ? 1 : 0);
-  v.bar0_write32(edu::reg_irq_ack, edu::irq_dma);
-  std::memset(buf + half, 0, half);
-  if (!v.start_dma(dma_iova + half, half, true, true)) return fail("stage1", "b1_dma_start");
-  std::fflush(stdout);
-  kill(getpid(), SIGKILL);
-  return 1;
+  take_irq_and_die_mid_dma("stage1", "b1", v, buf + half, dma_iova + half);
 }
 
 // ---- B: the new owner with the token.

@@ -48,13 +48,6 @@ int opener_c2(const edu_location& loc) {
   return 0;
 }
 
-bool write_sysfs(const std::string& path, const std::string& value) {
-  std::ofstream out{path};
-  out << value;
-  out.flush();
-  return static_cast<bool>(out);
-}
-
 bool exists(const std::string& path) {
   struct stat st {};
   return stat(path.c_str(), &st) == 0;

@@ -1,5 +1,12 @@
 #include "vfio_edu.hpp"
 
+#include <sys/eventfd.h>
+
+#include <csignal>
+#include <cstdio>
+
+#include "guest.hpp"
+
 #include <dirent.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -241,6 +248,19 @@ bool vfio_edu::wait_dma(int timeout_ms) const {
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
   return false;
+}
+
+void take_irq_and_die_mid_dma(std::string_view scenario, std::string_view who, const vfio_edu& v,
+                              std::uint8_t* dst, std::uint64_t dst_iova) {
+  const int efd = eventfd(0, EFD_CLOEXEC);
+  report(scenario, fmt::format("{}_set_msi", who), v.set_msi_trigger(efd));
+  report(scenario, fmt::format("{}_irq_delivered", who), wait_eventfd(efd, 1000) ? 1 : 0);
+  v.bar0_write32(edu::reg_irq_ack, edu::irq_dma);
+  std::memset(dst, 0, edu::dma_max);
+  if (!v.start_dma(dst_iova, edu::dma_max, true, true)) fail(scenario, fmt::format("{}_dma_start", who));
+  std::fflush(stdout);
+  kill(getpid(), SIGKILL);
+  _exit(1);
 }
 
 std::optional<std::uint64_t> wait_eventfd(int efd, int timeout_ms) {
