@@ -125,6 +125,8 @@ elif [ "$mode" = stage2z ]; then
     /bin/ka_guest stage2x-reset
     echo "KA: s2z.exit=$?"
     echo "KA: s2z.dmesg_irte_released=$(dmesg | grep -c 'keepalive: held IRTE [0-9]* released')"
+    echo "KA: s2z.dmesg_rebuilt=$(dmesg | grep -c 'vfio: 1 handover mapping(s) adopted, pending')"
+    echo "KA: s2z.dmesg_in_place=$(dmesg | grep -c 'preserved tables and DID [0-9]* adopted in place')"
 elif [ "$mode" = stage2b ]; then
     echo "KA: stage2.kexec_boot_uptime=$(cut -d' ' -f1 /proc/uptime)"
     /bin/ka_guest stage2-after
@@ -135,6 +137,7 @@ elif [ "$mode" = stage2b ]; then
     echo "KA: dmesg.irte_adopted=$(dmesg | grep -c 'DMAR-IR: keepalive: .*IRTE .* adopted')"
     echo "KA: dmesg.irte_reconnected=$(dmesg | grep -c 'keepalive: IRTE [0-9]* reconnected')"
     echo "KA: dmesg.adopted=$(dmesg | grep -c 'vfio: 1 handover mapping(s) adopted')"
+    echo "KA: dmesg.adopted_in_place=$(dmesg | grep -c 'keepalive: preserved tables and DID [0-9]* adopted in place')"
 else
     /bin/ka_guest stage1 --baseline
     echo "KA: stage1.exit=$?"
@@ -427,13 +430,18 @@ expect S stage2.b_msi_off_before_open == 1
 expect S stage2.b_preserved_tables_dma == 1
 expect S stage2.b_dma_running_at_attach == 1
 expect S stage2.b_attach_dma_landed == 1
+expect S stage2.b_attach_context_present == 1
+expect S stage2.b_attach_did_kept == 1
+expect S stage2.b_attach_root_kept == 1
 expect S dmesg.adopted == 1
+expect S dmesg.adopted_in_place == 1
 expect S stage2.b_listed_state == 5
 expect S stage2.b_generation == 1
 expect S stage2.b_open_no_token == -13
 expect S stage2.b_open_wrong_token == -13
 expect S stage2.b_open_with_token == 0
 expect S stage2.b_state == 3
+expect S stage2.b_domain_kept == 1
 expect S stage2.b_marker_kept == 1
 expect S stage2.b_bus_master == 1
 expect S stage2.b_bar0_kept == 1
@@ -517,13 +525,21 @@ expect X s2y.p_state == 2
 expect X s2y.prepare == 0
 expect X s2y.prepare_nr_devices == 1
 expect X s2y.before_kernel_warnings == 0
-echo "-- stage2x K3: a RESTORED device never opened, released by RESET_DEVICE"
+echo "-- stage2x K3: a RESTORED device never opened: the fallback rebuild (test knob) on a group open, then RESET_DEVICE"
 expect X s2z.after_kernel == 1
 expect X s2z.dmesg_restored == 1
 expect X s2z.listed_state == 5
 expect X s2z.generation == 1
 expect X s2z.bus_master_before == 1
 expect X s2z.dmesg_irte_adopted == 1
+expect X s2z.f_knob == 1
+expect X s2z.f_new_did == 1
+expect X s2z.f_new_root == 1
+expect X s2z.f_same_page == 1
+expect X s2z.f_exit == 0
+expect X s2z.f_state_after == 5
+expect X s2z.dmesg_rebuilt == 1
+expect X s2z.dmesg_in_place == 0
 expect X s2z.irtes_for_edu_before == 1
 expect X s2z.reset == 0
 expect X s2z.irtes_for_edu_after == 0
@@ -547,6 +563,9 @@ handover_rejected_safe=false
 restored_reset_released=false
 [[ ${X[s2z.reset]:-} == 0 && ${X[s2z.event_reset]:-} == 1 && ${X[s2z.bus_master_after]:-} == 0 &&
    ${X[s2z.c_open_plain]:-} == 0 ]] && restored_reset_released=true
+tables_in_place=false
+[[ ${S[stage2.b_attach_did_kept]:-} == 1 && ${S[stage2.b_attach_root_kept]:-} == 1 && ${S[stage2.b_domain_kept]:-} == 1 &&
+   ${S[dmesg.adopted_in_place]:-} == 1 && ${S[stage2.b_attach_dma_landed]:-} == 1 ]] && tables_in_place=true
 irte_adopted=false
 [[ ${S[stage2.b_irte_adopted_present]:-} == 1 && ${S[stage2.b_irte_adopted_same]:-} == 1 &&
    ${S[stage2.b_irte_adopted_sid]:-} == 1 && ${S[stage2.b_msi_same_message]:-} == 1 &&
@@ -619,7 +638,8 @@ printf '"unowned_fault_detected":%s,"operator_reset":%s,' \
 printf '"stage2_freeze_to_irq_ms":%s,"stage2_reboot_to_userspace_ms":%s,"stage2_boot_s":%s,' \
     "$(num "${S[stage2.freeze_to_irq_ms]:-}")" "$(num "${S[stage2.reboot_to_userspace_ms]:-}")" \
     "$(cat "$tmp/stage2.secs" 2>/dev/null || echo null)"
-printf '"stage2_irte_adopted":%s,"stage2_irte_index":%s,' "$irte_adopted" "$(num "${S[stage2.p_irte_index]:-}")"
+printf '"stage2_irte_adopted":%s,"stage2_irte_index":%s,"stage2_tables_adopted_in_place":%s,' "$irte_adopted" \
+    "$(num "${S[stage2.p_irte_index]:-}")" "$tables_in_place"
 printf '"stage2x_handover_rejected_safe":%s,"stage2x_restored_reset_released":%s,"stage2x_irte_clean":%s,"stage2x_boot_s":%s,' \
     "$handover_rejected_safe" "$restored_reset_released" "$irte_refused_clean" "$(cat "$tmp/stage2x.secs" 2>/dev/null || echo null)"
 printf '"patched_boot_s":%s,"baseline_boot_s":%s,"total_s":%s}\n' "$(cat "$tmp/patched.secs")" \

@@ -141,6 +141,15 @@ std::optional<std::uint64_t> dmar_base() {
   return std::nullopt;
 }
 
+// A device's context entry in the root table the DMAR unit uses now (RTADDR).
+std::optional<hw::context_entry> live_context(const devmem& mem, keepalive::bdf b) {
+  const auto base = dmar_base();
+  const auto rtaddr = base ? mmio_read64(*base, hw::rtaddr_register_offset) : std::nullopt;
+  if (!mem.ok() || !rtaddr) return std::nullopt;
+  const auto re = hw::read_root_entry(mem, hpa{*rtaddr & ~std::uint64_t{0xfff}}, b.bus());
+  return hw::read_context_entry(mem, re.context_table(), b.devfn());
+}
+
 // edu's MSI capability as the device holds it (sysfs: physical config space).
 struct edu_msi {
   hw::msi_message msg;
@@ -507,8 +516,8 @@ int after() {
   keepalive::token::bytes wrong_bytes = token.raw();
   wrong_bytes[0] ^= 0x80;
   // A DMA in flight while the new owner's container is attached: its first
-  // domain is filled with the handover's translations before the attach, so
-  // the DMA lands in the same page (edu's buffer still holds pattern 1).
+  // domain adopts the preserved tables and DID before the attach, so the DMA
+  // lands in the same page (edu's buffer still holds pattern 1).
   sysfs_bar0 bar{loc->bdf};
   const std::vector<std::uint8_t> zeros(half, 0);
   if (!bar.ok() || !mem.write(dma_phys, zeros.data(), half))
@@ -522,12 +531,22 @@ int after() {
     std::uint8_t got[half] = {};
     report(sc, "b_attach_dma_landed", !bar.running() && mem.read(dma_phys, got, half) && holds_pattern(got, half, 1) ? 1 : 0);
   }
+  // The attached domain is the preserved one: edu's context entry (no longer
+  // a copy) names the same table root and the same DID as before the kexec.
+  if (const auto ce2 = live_context(mem, bdf)) {
+    report(sc, "b_attach_context_present", ce2->present() ? 1 : 0);
+    report(sc, "b_attach_did_kept", n.did != 0 && ce2->domain_id().value() == n.did ? 1 : 0);
+    report(sc, "b_attach_root_kept", ce2->slptptr() == ce.slptptr() && ce2->levels() == ce.levels() ? 1 : 0);
+  }
   report(sc, "b_open_no_token", v.get_device(loc->bdf));
   report(sc, "b_open_wrong_token", v.get_device(abi::reclaim_name(bdf, keepalive::token{wrong_bytes})));
   const int rc = v.get_device(abi::reclaim_name(bdf, token));
   report(sc, "b_open_with_token", rc);
   if (rc) return 1;
-  if (const auto st = abi::keepalive_status(sys, v.device())) report(sc, "b_state", static_cast<unsigned>(st->state));
+  if (const auto st = abi::keepalive_status(sys, v.device())) {
+    report(sc, "b_state", static_cast<unsigned>(st->state));
+    report(sc, "b_domain_kept", st->domain.value() == n.did ? 1 : 0);
+  }
 
   const auto live = v.bar0_read32(edu::reg_liveness);
   report(sc, "b_marker_kept", live == ~marker ? 1 : 0);
@@ -815,8 +834,31 @@ int s2z_reset() {
   if (const auto info = abi::get_info(sys, *ctl)) report(sc, "generation", info->generation);
   const auto before = sysfs_config_read(loc->bdf, pci_command, 2);
   report(sc, "bus_master_before", before && (*before & pci_command_master) ? 1 : 0);
-  // The adopted IRTE (A2's vector in K2) is held until the reset releases it.
   devmem mem;
+  // The fallback (test-only knob): the first domain of a group opened now is
+  // filled with the handover's translations (new root and DID, same pages)
+  // instead of adopting the preserved tables; the group is closed again, its
+  // container parked for the RESTORED device.
+  {
+    const char* knob = "/sys/module/vfio_iommu_type1/parameters/keepalive_in_place";
+    const auto ce0 = live_context(mem, bdf);
+    report(sc, "f_knob", write_sysfs(knob, "N") ? 1 : 0);
+    run_child(sc, "f", [&] {
+      vfio_edu v;
+      if (int rc = v.open_group(*loc); rc) return fail(sc, "f_open_group", rc);
+      const auto ce1 = live_context(mem, bdf);
+      if (!ce0 || !ce1 || !ce0->present() || !ce1->present()) return fail(sc, "f_context");
+      report(sc, "f_new_did", ce1->domain_id() != ce0->domain_id() ? 1 : 0);
+      report(sc, "f_new_root", ce1->slptptr() != ce0->slptptr() ? 1 : 0);
+      const auto was = hw::translate(mem, ce0->slptptr(), ce0->levels(), keepalive::iova{dma_iova}, hw::dma_access::write);
+      const auto now = hw::translate(mem, ce1->slptptr(), ce1->levels(), keepalive::iova{dma_iova}, hw::dma_access::write);
+      report(sc, "f_same_page", was && now && was->address == now->address ? 1 : 0);
+      return 0;
+    });
+    write_sysfs(knob, "Y");
+    if (const auto row = listed(*ctl)) report(sc, "f_state_after", static_cast<unsigned>(row->state));
+  }
+  // The adopted IRTE (A2's vector in K2) is held until the reset releases it.
   const auto irta = live_irta();
   report(sc, "irtes_for_edu_before", irta ? irtes_with_sid(mem, *irta, bdf.source_id()).size() : 99u);
   report(sc, "reset", rc_of(abi::reset_device(sys, *ctl, bdf)));
