@@ -429,6 +429,9 @@ expect S stage2.b_irtes_for_edu == 1
 expect S stage2.b_msi_off_before_open == 1
 expect S stage2.b_preserved_tables_dma == 1
 expect S stage2.b_dma_running_at_attach == 1
+expect S stage2.b_cdev_get_iommufd == -2
+expect S stage2.b_cdev_bind_with_token == -95
+expect S stage2.b_cdev_context_unchanged == 1
 expect S stage2.b_attach_dma_landed == 1
 expect S stage2.b_attach_context_present == 1
 expect S stage2.b_attach_did_kept == 1

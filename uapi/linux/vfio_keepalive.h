@@ -74,7 +74,10 @@
  * "<bdf> vf_token=<uuid>" to VFIO_GROUP_GET_DEVICE_FD; the cdev path passes
  * the token to VFIO_DEVICE_BIND_IOMMUFD (VFIO_DEVICE_BIND_FLAG_TOKEN), binding
  * to the iommufd context the device was parked in, which it first obtains with
- * VFIO_DEVICE_KEEPALIVE_GET_IOMMUFD (below).
+ * VFIO_DEVICE_KEEPALIVE_GET_IOMMUFD (below). A device kept alive without an
+ * iommufd binding (parked through its group's container, or RESTORED after
+ * kexec) is reclaimed through its group: a BIND_IOMMUFD with its token is
+ * EOPNOTSUPP and changes nothing (its DMA keeps its translation).
  * Missing or wrong token -> EACCES, nothing changes. A device that is not in
  * keepalive opened with a keepalive token -> ENOENT. The reopened device is
  * RECLAIMED: its vectors are re-attached when the new owner sets them up

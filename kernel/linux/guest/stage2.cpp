@@ -515,6 +515,22 @@ int after() {
   const keepalive::token token = make_token(0x21);
   keepalive::token::bytes wrong_bytes = token.raw();
   wrong_bytes[0] ^= 0x80;
+  // The cdev is no way back for a RESTORED device (no iommufd context
+  // survived): GET_IOMMUFD is ENOENT, a bind with the token EOPNOTSUPP, and
+  // its DMA keeps the copied context entry.
+  {
+    vfio_edu c;
+    if (c.open_cdev(*loc) == 0) {
+      report(sc, "b_cdev_get_iommufd", rc_of(abi::keepalive_get_iommufd(sys, c.device(), token)));
+      const int ictx = open("/dev/iommu", O_RDWR | O_CLOEXEC);
+      std::uint32_t devid = 0;
+      report(sc, "b_cdev_bind_with_token", ictx < 0 ? -errno : c.bind_iommufd(ictx, token.raw().data(), devid));
+      if (ictx >= 0) close(ictx);
+    }
+  }
+  if (const auto ce1 = live_context(mem, bdf))
+    report(sc, "b_cdev_context_unchanged",
+           ce1->present() && ce1->slptptr() == ce.slptptr() && ce1->domain_id() == ce.domain_id() ? 1 : 0);
   // A DMA in flight while the new owner's container is attached: its first
   // domain adopts the preserved tables and DID before the attach, so the DMA
   // lands in the same page (edu's buffer still holds pattern 1).
