@@ -525,6 +525,7 @@ expect X s2y.c_state == 0
 expect X s2y.kexec_load == 0
 expect X s2y.a_enter == 0
 expect X s2y.p_state == 2
+expect X s2y.p_iommufd_parked == 1
 expect X s2y.prepare == 0
 expect X s2y.prepare_nr_devices == 1
 expect X s2y.before_kernel_warnings == 0

@@ -31,24 +31,6 @@ namespace {
 
 namespace abi = keepalive::abi;
 
-// Linux 7.3's include/uapi/linux/iommufd.h (Debian 12's headers predate it).
-struct iommu_ioas_alloc_73 {
-  __u32 size;
-  __u32 flags;
-  __u32 out_ioas_id;
-};
-constexpr unsigned long iommu_ioas_alloc = _IO(';', 0x81);
-struct iommu_ioas_map_file_73 {
-  __u32 size;
-  __u32 flags;
-  __u32 ioas_id;
-  __s32 fd;
-  __aligned_u64 start;
-  __aligned_u64 length;
-  __aligned_u64 iova;
-};
-constexpr unsigned long iommu_ioas_map_file = _IO(';', 0x8f);
-constexpr std::uint32_t map_fixed_iova = 1u << 0, map_writeable = 1u << 1, map_readable = 1u << 2;
 struct iommu_ioas_change_process_73 {
   __u32 size;
   __u32 reserved;
@@ -66,24 +48,6 @@ struct owner_facts {
 };
 
 int errno_rc(long r) { return r < 0 ? -errno : 0; }
-
-// A fresh context with one IOAS mapping the memfd at dma_iova. -errno.
-int new_context(int memfd, int& iommufd, std::uint32_t& ioas_id) {
-  iommufd = open("/dev/iommu", O_RDWR | O_CLOEXEC);
-  if (iommufd < 0) return -errno;
-  iommu_ioas_alloc_73 a{};
-  a.size = sizeof a;
-  if (ioctl(iommufd, iommu_ioas_alloc, &a) < 0) return -errno;
-  ioas_id = a.out_ioas_id;
-  iommu_ioas_map_file_73 m{};
-  m.size = sizeof m;
-  m.flags = map_fixed_iova | map_writeable | map_readable;
-  m.ioas_id = ioas_id;
-  m.fd = memfd;
-  m.length = buffer_bytes;
-  m.iova = dma_iova;
-  return errno_rc(ioctl(iommufd, iommu_ioas_map_file, &m));
-}
 
 std::uint8_t* map_buffer(int memfd) {
   void* p = mmap(nullptr, buffer_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, memfd, 0);
@@ -112,7 +76,7 @@ int owner_a(const edu_location& loc, int memfd, const keepalive::token& t, owner
   std::uint32_t ioas = 0, devid = 0;
   vfio_edu v;
   if (!buf) return fail("cdev", "a_mmap");
-  if (int rc = new_context(memfd, iommufd, ioas); rc) return fail("cdev", "a_context", rc);
+  if (int rc = iommufd_context(memfd, dma_iova, buffer_bytes, iommufd, ioas); rc) return fail("cdev", "a_context", rc);
   if (int rc = v.open_cdev(loc); rc) return fail("cdev", "a_open", rc);
   report("cdev", "a_bind", v.bind_iommufd(iommufd, nullptr, devid));
   std::uint32_t pt = ioas;
@@ -150,7 +114,7 @@ int intruder_b0(const edu_location& loc, int memfd, const keepalive::token& t, c
   report("cdev", "b0_get_wrong_token", rc_of(abi::keepalive_get_iommufd(abi::linux_syscalls(), v.device(), wrong)));
   int own = -1;
   std::uint32_t ioas = 0, devid = 0;
-  if (int rc = new_context(memfd, own, ioas); rc) return fail("cdev", "b0_context", rc);
+  if (int rc = iommufd_context(memfd, dma_iova, buffer_bytes, own, ioas); rc) return fail("cdev", "b0_context", rc);
   report("cdev", "b0_bind_no_token", v.bind_iommufd(own, nullptr, devid));
   // The right token, but not the context the device lives in.
   report("cdev", "b0_bind_other_context", v.bind_iommufd(own, t.raw().data(), devid));
@@ -231,7 +195,7 @@ int owner_a2(const edu_location& loc, int memfd, const keepalive::token& t) {
   int iommufd = -1;
   std::uint32_t ioas = 0, devid = 0;
   vfio_edu v;
-  if (int rc = new_context(memfd, iommufd, ioas); rc) return fail("cdev", "a2_context", rc);
+  if (int rc = iommufd_context(memfd, dma_iova, buffer_bytes, iommufd, ioas); rc) return fail("cdev", "a2_context", rc);
   if (int rc = v.open_cdev(loc); rc) return fail("cdev", "a2_open", rc);
   if (int rc = v.bind_iommufd(iommufd, nullptr, devid); rc) return fail("cdev", "a2_bind", rc);
   std::uint32_t pt = ioas;
@@ -262,7 +226,7 @@ void operator_reset(const edu_location& loc, int memfd, const keepalive::token& 
   int iommufd = -1;
   std::uint32_t ioas = 0, devid = 0;
   vfio_edu v;
-  if (new_context(memfd, iommufd, ioas) == 0 && v.open_cdev(loc) == 0)
+  if (iommufd_context(memfd, dma_iova, buffer_bytes, iommufd, ioas) == 0 && v.open_cdev(loc) == 0)
     report("cdev", "r_bind_fresh", v.bind_iommufd(iommufd, nullptr, devid));
   if (iommufd >= 0) close(iommufd);
 }
@@ -289,7 +253,7 @@ int run_cdev() {
     if (v.open_cdev(*loc) == 0) {
       report("cdev", "get_iommufd_running",
              rc_of(abi::keepalive_get_iommufd(abi::linux_syscalls(), v.device(), token)));
-      if (new_context(memfd, iommufd, ioas) == 0)
+      if (iommufd_context(memfd, dma_iova, buffer_bytes, iommufd, ioas) == 0)
         report("cdev", "bind_with_token_running", v.bind_iommufd(iommufd, token.raw().data(), devid));
     }
     if (iommufd >= 0) close(iommufd);

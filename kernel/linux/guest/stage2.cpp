@@ -316,6 +316,28 @@ int owner_a(const edu_location& loc, int memfd, const keepalive::token& t) {
   _exit(0);
 }
 
+// A through the cdev and iommufd instead (stage2x K2): the binding is parked,
+// and PREPARE freezes it like a group-parked device.
+int owner_a_cdev(const edu_location& loc, int memfd, const keepalive::token& t) {
+  int ictx = -1;
+  std::uint32_t ioas = 0, devid = 0;
+  vfio_edu v;
+  if (int rc = iommufd_context(memfd, dma_iova, buffer_bytes, ictx, ioas); rc) return fail(sc, "a_context", rc);
+  if (int rc = v.open_cdev(loc); rc) return fail(sc, "a_open_cdev", rc);
+  if (int rc = v.bind_iommufd(ictx, nullptr, devid); rc) return fail(sc, "a_bind", rc);
+  std::uint32_t pt = ioas;
+  if (int rc = v.attach_pt(pt); rc) return fail(sc, "a_attach", rc);
+  const auto cmd = v.config_read(pci_command, 2);
+  if (!cmd || !v.config_write16(pci_command, static_cast<std::uint16_t>(*cmd | pci_command_master)))
+    return fail(sc, "a_bus_master");
+  const int efd = eventfd(0, EFD_CLOEXEC);
+  if (int rc = v.set_msi_trigger(efd); rc) return fail(sc, "a_msi", rc);
+  report(sc, "a_enter",
+         rc_of(abi::keepalive_enter(abi::linux_syscalls(), v.device(), t, {.allow_masking = true})));
+  std::fflush(stdout);
+  _exit(0);
+}
+
 // This kernel's log is gone after the kexec: count its warnings now.
 void report_kernel_health() {
   std::string log(1 << 20, '\0');
@@ -679,9 +701,10 @@ int after() {
 // K2 (s2y): the image is refused: HANDOVER_REJECTED (EPROTO), nothing
 //   restored (generation 0, nothing listed), translation still on, no IRTE
 //   with edu's SID adopted, Bus Master off, the token is ENOENT, the device
-//   opens as an ordinary one. Then A2
-//   keeps it alive again, PREPARE (valid), kexec.
-// K3 (s2z): RESTORED with its IRTE adopted; RESET_DEVICE without any open
+//   opens as an ordinary one. Then A2 keeps it alive again through the cdev
+//   (its iommufd binding parked), PREPARE (valid), kexec.
+// K3 (s2z): RESTORED with its IRTE adopted; a group opened with the fallback
+//   knob rebuilds its mappings (new DID and root, same page); RESET_DEVICE without any open
 //   releases it (EVENT_RESET, Bus Master off, not listed, the IRTE freed), the
 //   token is ENOENT, a plain open works.
 int load_next(const char* initrd, const char* mode) {
@@ -701,11 +724,11 @@ int load_next(const char* initrd, const char* mode) {
   _exit(fail(sc, "reboot", -errno));
 }
 
-// Forks A (owner_a with a fresh two-page memfd) and waits for its exit.
-int keep_alive_a(const edu_location& loc, const keepalive::token& t) {
+// Forks A (owner_a, or owner_a_cdev, with a fresh two-page memfd) and waits for its exit.
+int keep_alive_a(const edu_location& loc, const keepalive::token& t, bool cdev = false) {
   const int memfd = memfd_create("ka-s2x", MFD_CLOEXEC);
   if (memfd < 0 || ftruncate(memfd, buffer_bytes) < 0) return fail(sc, "memfd");
-  run_child(sc, "a", [&] { return owner_a(loc, memfd, t); });
+  run_child(sc, "a", [&] { return cdev ? owner_a_cdev(loc, memfd, t) : owner_a(loc, memfd, t); });
   return 0;
 }
 
@@ -824,10 +847,18 @@ int s2y_refused() {
   report(sc, "bus_master", cmd && (*cmd & pci_command_master) ? 1 : 0);
   open_as_ordinary(*loc, make_token(0x31), "c");
 
-  // Kept alive again, a valid handover this time, for K3.
+  // Kept alive again, through the cdev this time (its iommufd binding parked),
+  // a valid handover, for K3.
   if (load_next("/boot/initrd.gz", "stage2z")) return 1;
-  keep_alive_a(*loc, make_token(0x41));
+  keep_alive_a(*loc, make_token(0x41), true);
   if (const auto row = listed(*ctl)) report(sc, "p_state", static_cast<unsigned>(row->state));
+  {
+    vfio_edu c;
+    const auto ictx = c.open_cdev(*loc) == 0 ? abi::keepalive_get_iommufd(sys, c.device(), make_token(0x41))
+                                             : keepalive::result<int>{keepalive::errc::io, "open_cdev"};
+    report(sc, "p_iommufd_parked", ictx ? 1 : 0);
+    if (ictx) close(*ictx);
+  }
   const auto prep = abi::stage2_prepare(sys, *ctl);
   report(sc, "prepare", rc_of(prep));
   report(sc, "prepare_nr_devices", prep ? prep->nr_devices : 0u);

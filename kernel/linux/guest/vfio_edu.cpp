@@ -154,6 +154,44 @@ int vfio_edu::attach_pt(std::uint32_t& pt_id) {
   return 0;
 }
 
+namespace {
+// Linux 7.3's include/uapi/linux/iommufd.h.
+struct iommu_ioas_alloc_73 {
+  __u32 size;
+  __u32 flags;
+  __u32 out_ioas_id;
+};
+constexpr unsigned long iommu_ioas_alloc = _IO(';', 0x81);
+struct iommu_ioas_map_file_73 {
+  __u32 size;
+  __u32 flags;
+  __u32 ioas_id;
+  __s32 fd;
+  __aligned_u64 start;
+  __aligned_u64 length;
+  __aligned_u64 iova;
+};
+constexpr unsigned long iommu_ioas_map_file = _IO(';', 0x8f);
+constexpr std::uint32_t map_fixed_iova = 1u << 0, map_writeable = 1u << 1, map_readable = 1u << 2;
+}  // namespace
+
+int iommufd_context(int memfd, std::uint64_t iova, std::size_t bytes, int& iommufd, std::uint32_t& ioas_id) {
+  iommufd = open("/dev/iommu", O_RDWR | O_CLOEXEC);
+  if (iommufd < 0) return neg_errno();
+  iommu_ioas_alloc_73 a{};
+  a.size = sizeof a;
+  if (ioctl(iommufd, iommu_ioas_alloc, &a) < 0) return neg_errno();
+  ioas_id = a.out_ioas_id;
+  iommu_ioas_map_file_73 m{};
+  m.size = sizeof m;
+  m.flags = map_fixed_iova | map_writeable | map_readable;
+  m.ioas_id = ioas_id;
+  m.fd = memfd;
+  m.length = bytes;
+  m.iova = iova;
+  return ioctl(iommufd, iommu_ioas_map_file, &m) < 0 ? neg_errno() : 0;
+}
+
 int vfio_edu::load_regions() {
   for (std::uint32_t index : {std::uint32_t{VFIO_PCI_BAR0_REGION_INDEX}, std::uint32_t{VFIO_PCI_CONFIG_REGION_INDEX}}) {
     vfio_region_info r{};

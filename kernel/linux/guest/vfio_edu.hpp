@@ -106,6 +106,11 @@ class vfio_edu {
   std::uint64_t config_offset_{0};
 };
 
+// A fresh iommufd context (/dev/iommu) with one IOAS mapping `bytes` of
+// `memfd` at `iova` (IOMMU_IOAS_MAP_FILE: IOMMU_IOAS_CHANGE_PROCESS can move
+// it to another process). -errno; iommufd is set once opened.
+int iommufd_context(int memfd, std::uint64_t iova, std::size_t bytes, int& iommufd, std::uint32_t& ioas_id);
+
 // Reads an eventfd with a timeout: the counter, or nullopt if nothing came.
 std::optional<std::uint64_t> wait_eventfd(int efd, int timeout_ms);
 
