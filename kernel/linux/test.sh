@@ -319,6 +319,7 @@ expect P unbind.c2_state == 0
 echo "-- cdev: stage 1 through the device cdev and iommufd: the binding and its context outlive the owner"
 expect P cdev.get_iommufd_running == -2
 expect P cdev.bind_with_token_running == -2
+expect P cdev.enter_unattached == -95
 expect P cdev.a_bind == 0
 expect P cdev.a_attach == 0
 expect P cdev.a_enter == 0

@@ -131,8 +131,12 @@ enum vfio_keepalive_irq_mode {
  *
  * RUNNING -> KEPT_ALIVE. From now on closing the fd moves the device to
  * OWNERLESS instead of disabling it. All-or-nothing: on error nothing changed.
+ * The DMA context that stays is the group's container (group path) or the
+ * device's iommufd binding (cdev path: bound and attached to an IOAS or HWPT,
+ * no PASID attachment).
  * Errors: EINVAL, E2BIG, EOPNOTSUPP (interrupts cannot be kept: no posting and
- * ALLOW_MASKING not given or the device has no per-vector masking), EBUSY
+ * ALLOW_MASKING not given or the device has no per-vector masking; or no DMA
+ * context that can stay: no container, or a cdev device not attached), EBUSY
  * (not RUNNING, e.g. double enter), ENOMEM.
  */
 struct vfio_keepalive_enter {

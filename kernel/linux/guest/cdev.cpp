@@ -253,8 +253,13 @@ int run_cdev() {
     if (v.open_cdev(*loc) == 0) {
       report("cdev", "get_iommufd_running",
              rc_of(abi::keepalive_get_iommufd(abi::linux_syscalls(), v.device(), token)));
-      if (iommufd_context(memfd, dma_iova, buffer_bytes, iommufd, ioas) == 0)
+      if (iommufd_context(memfd, dma_iova, buffer_bytes, iommufd, ioas) == 0) {
         report("cdev", "bind_with_token_running", v.bind_iommufd(iommufd, token.raw().data(), devid));
+        // Bound but attached to nothing: no DMA context could stay.
+        if (v.bind_iommufd(iommufd, nullptr, devid) == 0)
+          report("cdev", "enter_unattached",
+                 rc_of(abi::keepalive_enter(abi::linux_syscalls(), v.device(), token, {.allow_masking = true})));
+      }
     }
     if (iommufd >= 0) close(iommufd);
   }
