@@ -141,6 +141,13 @@ std::optional<std::uint64_t> dmar_base() {
   return std::nullopt;
 }
 
+// GSTS.TES: the DMAR unit translates.
+bool translation_enabled() {
+  const auto base = dmar_base();
+  const auto gsts = base ? mmio_read64(*base, 0x1c) : std::nullopt;
+  return gsts && (*gsts & (1u << 31));
+}
+
 // A device's context entry in the root table the DMAR unit uses now (RTADDR).
 std::optional<hw::context_entry> live_context(const devmem& mem, keepalive::bdf b) {
   const auto base = dmar_base();
@@ -476,13 +483,10 @@ int after() {
   // The adopted translation, before anybody opens the device: the root table
   // the DMAR unit uses now, edu's (copied) context entry, the old tables.
   devmem mem;
-  const auto base = dmar_base();
-  const auto rtaddr = base ? mmio_read64(*base, hw::rtaddr_register_offset) : std::nullopt;
-  if (!mem.ok() || !rtaddr) return fail(sc, "dmar");
-  const auto gsts = mmio_read64(*base, 0x1c);
-  report(sc, "b_translation_enabled", gsts && (*gsts & (1u << 31)) ? 1 : 0);
-  const auto re = hw::read_root_entry(mem, hpa{*rtaddr & ~std::uint64_t{0xfff}}, bdf.bus());
-  const auto ce = hw::read_context_entry(mem, re.context_table(), bdf.devfn());
+  const auto copied = live_context(mem, bdf);
+  if (!copied) return fail(sc, "dmar");
+  const hw::context_entry& ce = *copied;
+  report(sc, "b_translation_enabled", translation_enabled() ? 1 : 0);
   report(sc, "b_context_present", ce.present() ? 1 : 0);
   report(sc, "b_context_did", ce.domain_id().value());
   const auto dma = hw::translate(mem, ce.slptptr(), ce.levels(), keepalive::iova{dma_iova}, hw::dma_access::write);
@@ -812,17 +816,31 @@ int s2x_first() {
   kexec_now();
 }
 
-int s2y_refused() {
-  sc = "s2y";
+// The start of a kernel of stage2x after a kexec: edu, its BDF, the control node.
+struct kexec_start {
+  edu_location loc;
+  keepalive::bdf bdf;
+  int ctl;
+};
+std::optional<kexec_start> start_after_kexec(const char* scenario) {
+  sc = scenario;
   report(sc, "after_kernel", 1);
   const auto loc = find_edu();
-  if (!loc) return fail(sc, "find_edu");
+  if (!loc) return fail(sc, "find_edu"), std::nullopt;
+  auto ctl = abi::linux_syscalls().open(VFIO_KEEPALIVE_CTL_PATH, O_RDWR);
+  if (!ctl) return fail(sc, "ctl_open", rc_of(ctl)), std::nullopt;
+  return kexec_start{*loc, *keepalive::bdf::parse(loc->bdf), *ctl};
+}
+
+int s2y_refused() {
+  const auto k = start_after_kexec("s2y");
+  if (!k) return 1;
+  const edu_location& loc = k->loc;
+  const keepalive::bdf bdf = k->bdf;
+  const int ctl = k->ctl;
   auto& sys = abi::linux_syscalls();
-  const auto bdf = *keepalive::bdf::parse(loc->bdf);
-  auto ctl = sys.open(VFIO_KEEPALIVE_CTL_PATH, O_RDWR);
-  if (!ctl) return fail(sc, "ctl_open", rc_of(ctl));
   int image_event = 0, device_event = 0, err = 0;
-  while (auto e = abi::read_event(sys, *ctl)) {
+  while (auto e = abi::read_event(sys, ctl)) {
     if (e->type != VFIO_KEEPALIVE_EVENT_HANDOVER_REJECTED) continue;
     if (e->device == bdf) device_event = 1;
     else if (e->device.packed() == 0) image_event = 1;
@@ -837,29 +855,26 @@ int s2y_refused() {
     const auto irta = live_irta();
     report(sc, "irtes_for_edu", irta ? irtes_with_sid(mem, *irta, bdf.source_id()).size() : 99u);
   }
-  if (const auto info = abi::get_info(sys, *ctl)) report(sc, "generation", info->generation);
-  if (auto l = abi::list_devices(sys, *ctl)) report(sc, "listed", l->size());
-  if (const auto base = dmar_base()) {
-    const auto gsts = mmio_read64(*base, 0x1c);
-    report(sc, "translation_enabled", gsts && (*gsts & (1u << 31)) ? 1 : 0);
-  }
-  const auto cmd = sysfs_config_read(loc->bdf, pci_command, 2);
+  if (const auto info = abi::get_info(sys, ctl)) report(sc, "generation", info->generation);
+  if (auto l = abi::list_devices(sys, ctl)) report(sc, "listed", l->size());
+  report(sc, "translation_enabled", translation_enabled() ? 1 : 0);
+  const auto cmd = sysfs_config_read(loc.bdf, pci_command, 2);
   report(sc, "bus_master", cmd && (*cmd & pci_command_master) ? 1 : 0);
-  open_as_ordinary(*loc, make_token(0x31), "c");
+  open_as_ordinary(loc, make_token(0x31), "c");
 
   // Kept alive again, through the cdev this time (its iommufd binding parked),
   // a valid handover, for K3.
   if (load_next("/boot/initrd.gz", "stage2z")) return 1;
-  keep_alive_a(*loc, make_token(0x41), true);
-  if (const auto row = listed(*ctl)) report(sc, "p_state", static_cast<unsigned>(row->state));
+  keep_alive_a(loc, make_token(0x41), true);
+  if (const auto row = listed(ctl)) report(sc, "p_state", static_cast<unsigned>(row->state));
   {
     vfio_edu c;
-    const auto ictx = c.open_cdev(*loc) == 0 ? abi::keepalive_get_iommufd(sys, c.device(), make_token(0x41))
+    const auto ictx = c.open_cdev(loc) == 0 ? abi::keepalive_get_iommufd(sys, c.device(), make_token(0x41))
                                              : keepalive::result<int>{keepalive::errc::io, "open_cdev"};
     report(sc, "p_iommufd_parked", ictx ? 1 : 0);
     if (ictx) close(*ictx);
   }
-  const auto prep = abi::stage2_prepare(sys, *ctl);
+  const auto prep = abi::stage2_prepare(sys, ctl);
   report(sc, "prepare", rc_of(prep));
   report(sc, "prepare_nr_devices", prep ? prep->nr_devices : 0u);
   report_kernel_health();
@@ -867,19 +882,17 @@ int s2y_refused() {
 }
 
 int s2z_reset() {
-  sc = "s2z";
-  report(sc, "after_kernel", 1);
-  const auto loc = find_edu();
-  if (!loc) return fail(sc, "find_edu");
+  const auto k = start_after_kexec("s2z");
+  if (!k) return 1;
+  const edu_location& loc = k->loc;
+  const keepalive::bdf bdf = k->bdf;
+  const int ctl = k->ctl;
   auto& sys = abi::linux_syscalls();
-  const auto bdf = *keepalive::bdf::parse(loc->bdf);
-  auto ctl = sys.open(VFIO_KEEPALIVE_CTL_PATH, O_RDWR);
-  if (!ctl) return fail(sc, "ctl_open", rc_of(ctl));
-  while (abi::read_event(sys, *ctl)) {
+  while (abi::read_event(sys, ctl)) {
   }
-  if (const auto row = listed(*ctl)) report(sc, "listed_state", static_cast<unsigned>(row->state));
-  if (const auto info = abi::get_info(sys, *ctl)) report(sc, "generation", info->generation);
-  const auto before = sysfs_config_read(loc->bdf, pci_command, 2);
+  if (const auto row = listed(ctl)) report(sc, "listed_state", static_cast<unsigned>(row->state));
+  if (const auto info = abi::get_info(sys, ctl)) report(sc, "generation", info->generation);
+  const auto before = sysfs_config_read(loc.bdf, pci_command, 2);
   report(sc, "bus_master_before", before && (*before & pci_command_master) ? 1 : 0);
   devmem mem;
   // The fallback (test-only knob): the first domain of a group opened now is
@@ -892,7 +905,7 @@ int s2z_reset() {
     report(sc, "f_knob", write_sysfs(knob, "N") ? 1 : 0);
     run_child(sc, "f", [&] {
       vfio_edu v;
-      if (int rc = v.open_group(*loc); rc) return fail(sc, "f_open_group", rc);
+      if (int rc = v.open_group(loc); rc) return fail(sc, "f_open_group", rc);
       const auto ce1 = live_context(mem, bdf);
       if (!ce0 || !ce1 || !ce0->present() || !ce1->present()) return fail(sc, "f_context");
       report(sc, "f_new_did", ce1->domain_id() != ce0->domain_id() ? 1 : 0);
@@ -903,22 +916,22 @@ int s2z_reset() {
       return 0;
     });
     write_sysfs(knob, "Y");
-    if (const auto row = listed(*ctl)) report(sc, "f_state_after", static_cast<unsigned>(row->state));
+    if (const auto row = listed(ctl)) report(sc, "f_state_after", static_cast<unsigned>(row->state));
   }
   // The adopted IRTE (A2's vector in K2) is held until the reset releases it.
   const auto irta = live_irta();
   report(sc, "irtes_for_edu_before", irta ? irtes_with_sid(mem, *irta, bdf.source_id()).size() : 99u);
-  report(sc, "reset", rc_of(abi::reset_device(sys, *ctl, bdf)));
+  report(sc, "reset", rc_of(abi::reset_device(sys, ctl, bdf)));
   report(sc, "irtes_for_edu_after", irta ? irtes_with_sid(mem, *irta, bdf.source_id()).size() : 99u);
-  report(sc, "reset_again", rc_of(abi::reset_device(sys, *ctl, bdf)));
-  if (auto l = abi::list_devices(sys, *ctl)) report(sc, "listed_after", l->size());
+  report(sc, "reset_again", rc_of(abi::reset_device(sys, ctl, bdf)));
+  if (auto l = abi::list_devices(sys, ctl)) report(sc, "listed_after", l->size());
   int reset_event = 0;
-  while (auto e = abi::read_event(sys, *ctl))
+  while (auto e = abi::read_event(sys, ctl))
     if (e->type == VFIO_KEEPALIVE_EVENT_RESET && e->device == bdf) reset_event = 1;
   report(sc, "event_reset", reset_event);
-  const auto cmd = sysfs_config_read(loc->bdf, pci_command, 2);
+  const auto cmd = sysfs_config_read(loc.bdf, pci_command, 2);
   report(sc, "bus_master_after", cmd && (*cmd & pci_command_master) ? 1 : 0);
-  open_as_ordinary(*loc, make_token(0x41), "c");
+  open_as_ordinary(loc, make_token(0x41), "c");
   report(sc, "done", 1);
   return 0;
 }
