@@ -19,8 +19,8 @@ using namespace keepalive::sim::testing;
 namespace {
 const token tok = *token::parse("6c2d8b7f-3e1a-4f22-8b4d-1e6f70819203");
 
-hw::posted_intr_desc snapshot(platform& plat, hpa a) {
-  const auto& live = *reinterpret_cast<const hw::posted_intr_desc*>(plat.memory().base() + a.value());
+hw::posted_intr_desc snapshot(const host_fixture& h, hpa a) {
+  const auto& live = h.pid_at(a);
   hw::posted_intr_desc copy;
   copy.init_nonatomic(vector{0}, 0);
   copy.set_pir_nonatomic(live.pending());
@@ -45,7 +45,7 @@ TEST_CASE("the sim IOMMU's kept descriptor, drained by the kernel header == the 
   REQUIRE(kept_irte);
   const hpa kept_at = kept_irte->pda();
   CHECK(kept_at != owned->pda());
-  hw::posted_intr_desc kept = snapshot(*h.plat, kept_at);
+  hw::posted_intr_desc kept = snapshot(h, kept_at);
   CHECK(kept.control_nonatomic().sn());
   CHECK(!kept.control_nonatomic().on());  // SN: the IOMMU recorded without notifying
   hw::vector_set only_ours;
@@ -58,7 +58,7 @@ TEST_CASE("the sim IOMMU's kept descriptor, drained by the kernel header == the 
   const auto after = h.k->stats();
   const auto reconnected = h.posted_irte();
   REQUIRE(reconnected);
-  const hw::posted_intr_desc target_now = snapshot(*h.plat, reconnected->pda());
+  const hw::posted_intr_desc target_now = snapshot(h, reconnected->pda());
 
   // The next VMM's descriptor as the drain found it: fresh (PIR empty, ON clear), SN clear,
   // its NV and NDST.

@@ -10,6 +10,7 @@
 #include <thread>
 
 #include <keepalive/hw/irte.hpp>
+#include <keepalive/hw/posted_intr.hpp>
 
 #include "kernel.hpp"
 #include "platform.hpp"
@@ -42,6 +43,10 @@ struct host_fixture {
     k = std::move(*nk);
   }
   nic_stats nic() { return plat->find_nic(nic0)->stats(); }
+  // The posted-interrupt descriptor at `a` in the platform's memory, live.
+  const hw::posted_intr_desc& pid_at(hpa a) const {
+    return *reinterpret_cast<const hw::posted_intr_desc*>(plat->memory().base() + a.value());
+  }
   // Stop traffic, let the last moderated interrupt arrive, and let the guest
   // consume everything: afterwards guest.received must equal packets written.
   void drain_guest() {

@@ -212,36 +212,30 @@ TEST_CASE("a VMM killed halfway through a freeze: the entered device stays recla
   REQUIRE(c.reclaim(tok));
 }
 
-namespace {
-const hw::posted_intr_desc& pid_at(platform& plat, hpa a) {
-  return *reinterpret_cast<const hw::posted_intr_desc*>(plat.memory().base() + a.value());
-}
-}  // namespace
-
 TEST_CASE("stage 1 with posting: the vCPU's descriptor dies with its VM, posting moves to a kept one (SN set)") {
   host_fixture h;
   auto a = h.entered_vmm(tok);
   const auto owned = h.posted_irte();
   REQUIRE(owned);
   const hpa vcpu_pid = owned->pda();
-  CHECK_FALSE(pid_at(*h.plat, vcpu_pid).control().sn());  // owned: the vCPU is notified
+  CHECK_FALSE(h.pid_at(vcpu_pid).control().sn());  // owned: the vCPU is notified
   a->exit();
   a.reset();
   const auto parked = h.posted_irte();
   REQUIRE(parked);
   const hpa kept = parked->pda();
   CHECK(kept != vcpu_pid);
-  CHECK(pid_at(*h.plat, kept).control().sn());
+  CHECK(h.pid_at(kept).control().sn());
   // The vCPU's descriptor was freed (zeroed) with its VM; nothing points at it.
-  CHECK(pid_at(*h.plat, vcpu_pid).control().raw() == 0);
+  CHECK(h.pid_at(vcpu_pid).control().raw() == 0);
   REQUIRE(h.wait_pending(nic0));
-  CHECK_FALSE(pid_at(*h.plat, kept).pending().empty());  // recorded in the kept PIR
+  CHECK_FALSE(h.pid_at(kept).pending().empty());  // recorded in the kept PIR
 
   vmm b{*h.k, "vmm-b", *h.g, h.layout, h.ram, nic0};
   REQUIRE(b.reclaim(tok));
   const auto reconnected = h.posted_irte();
   REQUIRE(reconnected);  // b's vCPU descriptor (its slot may be the kept one's, freed and reused)
-  CHECK_FALSE(pid_at(*h.plat, reconnected->pda()).control().sn());
+  CHECK_FALSE(h.pid_at(reconnected->pda()).control().sn());
   h.g->resume();
   h.run_for(30);
   h.drain_guest();
