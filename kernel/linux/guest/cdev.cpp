@@ -18,10 +18,8 @@
 #include <unistd.h>
 
 #include <cerrno>
-#include <chrono>
 #include <cstring>
 #include <string>
-#include <thread>
 
 #include "guest.hpp"
 #include "keepalive/abi/ops.hpp"
@@ -52,21 +50,6 @@ int errno_rc(long r) { return r < 0 ? -errno : 0; }
 std::uint8_t* map_buffer(int memfd) {
   void* p = mmap(nullptr, buffer_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, memfd, 0);
   return p == MAP_FAILED ? nullptr : static_cast<std::uint8_t*>(p);
-}
-
-// The one device the control node lists, once listed (and its interrupt latched).
-abi::device_entry wait_listed(bool latched) {
-  abi::device_entry row{};
-  auto ctl = abi::linux_syscalls().open(VFIO_KEEPALIVE_CTL_PATH, O_RDWR);
-  if (!ctl) return row;
-  for (int i = 0; i < 300; ++i) {
-    auto l = abi::list_devices(abi::linux_syscalls(), *ctl);
-    if (l && l->size() == 1) row = (*l)[0];
-    if (row.state != abi::device_state{} && (!latched || row.nr_pending > 0)) break;
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  abi::linux_syscalls().close(*ctl);
-  return row;
 }
 
 // ---- A: owns edu through the cdev, dies with a DMA in flight.

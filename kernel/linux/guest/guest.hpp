@@ -14,6 +14,7 @@
 
 #include <fmt/format.h>
 
+#include "keepalive/abi/ops.hpp"
 #include "keepalive/types.hpp"
 #include "vfio_edu.hpp"
 
@@ -66,6 +67,11 @@ inline bool holds_pattern(const std::uint8_t* p, std::size_t n, unsigned seed) {
     if (p[i] != pattern(i, seed)) return false;
   return true;
 }
+// The one device the control node lists, once listed (and, if `latched`,
+// once its interrupt is latched); polls for up to 3 s. State RUNNING (0) and
+// nothing pending if no single device was listed.
+keepalive::abi::device_entry wait_listed(bool latched);
+
 // Writes a sysfs/debugfs attribute; false if it could not be written.
 inline bool write_sysfs(const std::string& path, const std::string& value) {
   std::ofstream out{path};

@@ -257,20 +257,10 @@ int run_stage1(bool patched, bool fidelity) {
   run_child("stage1", "b0", [&] { return intruder_b0(*loc, wrong, patched); });
   if (patched) {
     run_child("stage1", "b1", [&] { return dying_b1(*loc, memfd, token); });
-    if (auto ctl = abi::linux_syscalls().open(VFIO_KEEPALIVE_CTL_PATH, O_RDWR)) {
-      // B1's DMA completes ~100 ms after its death: latched again.
-      std::vector<abi::device_entry> rows;
-      for (int i = 0; i < 300; ++i) {
-        auto l = abi::list_devices(abi::linux_syscalls(), *ctl);
-        if (!l) break;
-        rows = *l;
-        if (rows.size() == 1 && rows[0].nr_pending > 0) break;
-        std::this_thread::sleep_for(std::chrono::milliseconds(10));
-      }
-      report("stage1", "p1_state", rows.size() == 1 ? static_cast<unsigned>(rows[0].state) : 0u);
-      report("stage1", "p1_nr_pending", rows.size() == 1 ? rows[0].nr_pending : 0u);
-      abi::linux_syscalls().close(*ctl);
-    }
+    // B1's DMA completes ~100 ms after its death: latched again.
+    const auto row = wait_listed(true);
+    report("stage1", "p1_state", static_cast<unsigned>(row.state));
+    report("stage1", "p1_nr_pending", row.nr_pending);
     report("stage1", "p1_dma_landed", holds_pattern(buf + half, half, 1) ? 1 : 0);
   }
   run_child("stage1", "b", [&] { return owner_b(*loc, memfd, token, patched); });

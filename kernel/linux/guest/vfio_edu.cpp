@@ -1,24 +1,22 @@
 #include "vfio_edu.hpp"
 
-#include <sys/eventfd.h>
-
-#include <csignal>
-#include <cstdio>
-
-#include "guest.hpp"
-
 #include <dirent.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <chrono>
+#include <csignal>
+#include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <thread>
 #include <vector>
+
+#include "guest.hpp"
 
 namespace ka_guest {
 namespace {
@@ -299,6 +297,20 @@ void take_irq_and_die_mid_dma(std::string_view scenario, std::string_view who, c
   std::fflush(stdout);
   kill(getpid(), SIGKILL);
   _exit(1);
+}
+
+keepalive::abi::device_entry wait_listed(bool latched) {
+  keepalive::abi::device_entry row{};
+  auto ctl = keepalive::abi::linux_syscalls().open(VFIO_KEEPALIVE_CTL_PATH, O_RDWR);
+  if (!ctl) return row;
+  for (int i = 0; i < 300; ++i) {
+    auto l = keepalive::abi::list_devices(keepalive::abi::linux_syscalls(), *ctl);
+    if (l && l->size() == 1) row = (*l)[0];
+    if (row.state != keepalive::abi::device_state{} && (!latched || row.nr_pending > 0)) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  keepalive::abi::linux_syscalls().close(*ctl);
+  return row;
 }
 
 std::optional<std::uint64_t> wait_eventfd(int efd, int timeout_ms) {
